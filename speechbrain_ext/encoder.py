@@ -1,0 +1,219 @@
+"""Conformer encoder whose self-attention is any sequence mixer of ``speechbrain_ext.mixers``.
+
+The blocks are SpeechBrain's pre-norm Conformer blocks (Gulati et al. 2020,
+https://arxiv.org/abs/2005.08100), built from SpeechBrain's feed-forward, convolution module
+and layer norm, with the same parameter names as ``ConformerEncoderLayer``:
+half FFN -> norm -> mixer -> convolution module -> half FFN -> norm.
+"""
+
+from typing import Optional, Union
+
+import torch
+from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+from speechbrain.nnet.normalization import LayerNorm
+from torch import nn
+
+from speechbrain_ext.mixers import build_mixer
+from speechbrain_ext.mixers._common import (
+    absolute_sinusoids,
+    check_padding_mask,
+    relative_sinusoids,
+)
+
+POSITION_BUILDERS = {"relative": relative_sinusoids, "absolute": absolute_sinusoids}
+
+
+def positional_embeddings(kind: Optional[str], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The positional signal a mixer declares (``pos_embs_kind``) for x (B, T, E), any T."""
+    if kind is None:
+        return None
+    if kind not in POSITION_BUILDERS:
+        raise ValueError(f"unknown pos_embs_kind {kind!r}; valid: {', '.join(POSITION_BUILDERS)} or None")
+    return POSITION_BUILDERS[kind](x.shape[1], x.shape[2], x.device, x.dtype)
+
+
+def masked_convolution(
+    module: ConvolutionModule, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """SpeechBrain's Conformer convolution module with padding zeroed before the depthwise conv.
+
+    ``ConvolutionModule.forward`` masks only its output, so the last valid frames would read
+    the (non-zero) bottleneck output of padded frames through the kernel: an utterance would
+    encode differently alone and beside a longer one.
+    """
+    out = module.bottleneck(module.layer_norm(x).transpose(1, 2))  # (B, E, T)
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask.unsqueeze(1), 0.0)
+    out = module.conv(out)
+    if module.causal:
+        out = out[..., : -module.padding]
+    out = module.after_conv(out.transpose(1, 2))
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+    return out
+
+
+class MixerConformerLayer(nn.Module):
+    """One Conformer block with ``mixer`` in place of self-attention.
+
+    Arguments
+    ---------
+    d_model : int
+        Width E.
+    d_ffn : int
+        Hidden width of the two feed-forward modules.
+    mixer : nn.Module
+        Any module with the mixer interface (see ``speechbrain_ext.mixers``).
+    kernel_size : int
+        Kernel of the depthwise convolution.
+    dropout : float
+        Dropout in the feed-forward and convolution modules and on the mixer output.
+    activation : type
+        Activation class of the feed-forward and convolution modules.
+
+    Example
+    -------
+    >>> from speechbrain_ext.mixers import Fastformer
+    >>> layer = MixerConformerLayer(64, 128, Fastformer(64, 4), kernel_size=3)
+    >>> layer(torch.rand(2, 10, 64)).shape
+    torch.Size([2, 10, 64])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        mixer: nn.Module,
+        kernel_size: int = 31,
+        dropout: float = 0.1,
+        activation: type = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.ffn_module1 = self._half_ffn(d_model, d_ffn, dropout, activation)
+        self.norm1 = LayerNorm(d_model)
+        self.mha_layer = mixer
+        self.drop = nn.Dropout(dropout)
+        self.convolution_module = ConvolutionModule(d_model, kernel_size, True, activation, dropout)
+        self.ffn_module2 = self._half_ffn(d_model, d_ffn, dropout, activation)
+        self.norm2 = LayerNorm(d_model)
+
+    @staticmethod
+    def _half_ffn(d_model: int, d_ffn: int, dropout: float, activation: type) -> nn.Sequential:
+        return nn.Sequential(
+            nn.LayerNorm(d_model),
+            PositionalwiseFeedForward(d_ffn=d_ffn, input_size=d_model, dropout=dropout, activation=activation),
+            nn.Dropout(dropout),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """(B, T, E) -> (B, T, E); ``key_padding_mask`` (B, T) is True at padded frames."""
+        x = x + 0.5 * self.ffn_module1(x)
+        normed = self.norm1(x)
+        mixed, _ = self.mha_layer(normed, normed, normed, key_padding_mask=key_padding_mask, pos_embs=pos_embs)
+        x = x + self.drop(mixed)
+        x = x + masked_convolution(self.convolution_module, x, key_padding_mask)
+        return self.norm2(x + 0.5 * self.ffn_module2(x))
+
+
+class MixerConformerEncoder(nn.Module):
+    """Stack of Conformer blocks around a pluggable sequence mixer.
+
+    Arguments
+    ---------
+    num_layers : int
+        Number of blocks (12 for the paper's base model, 24 for large).
+    d_model : int
+        Width E.
+    d_ffn : int
+        Hidden width of the feed-forward modules.
+    nhead : int
+        Heads of the mixer (ignored by mixers without heads).
+    mixer : str or type
+        A name registered in ``speechbrain_ext.mixers.MIXERS`` or a mixer class.
+    kernel_size : int
+        Kernel of the depthwise convolutions.
+    dropout : float
+        Dropout inside the blocks.
+    activation : type
+        Activation class of the feed-forward and convolution modules.
+    layerdrop_prob : float
+        Probability of skipping each block while training (LayerDrop, Fan et al. 2019). Under
+        DDP, skipped blocks leave parameters unused: set ``find_unused_parameters``.
+    output_hidden_states : bool
+        Also return the block input and every block output.
+    mixer_kwargs : dict, optional
+        Extra keyword arguments of the mixer (e.g. ``{"hypernet_size": 2048}``).
+
+    Example
+    -------
+    >>> enc = MixerConformerEncoder(2, 64, 128, 4, mixer="summarymixing", output_hidden_states=True,
+    ...     mixer_kwargs={"local_out": 32, "summary_out": 32})
+    >>> out, hidden = enc(torch.rand(3, 20, 64))
+    >>> out.shape, len(hidden)
+    (torch.Size([3, 20, 64]), 3)
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        d_ffn: int,
+        nhead: int,
+        mixer: Union[str, type] = "mhsa",
+        kernel_size: int = 31,
+        dropout: float = 0.1,
+        activation: type = nn.GELU,
+        layerdrop_prob: float = 0.0,
+        output_hidden_states: bool = False,
+        mixer_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= layerdrop_prob < 1.0:
+            raise ValueError(f"layerdrop_prob must be in [0, 1), got {layerdrop_prob}")
+        mixer_kwargs = dict(mixer_kwargs or {})
+        self.layers = nn.ModuleList(
+            MixerConformerLayer(
+                d_model,
+                d_ffn,
+                build_mixer(mixer, d_model, nhead, **mixer_kwargs),
+                kernel_size=kernel_size,
+                dropout=dropout,
+                activation=activation,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = LayerNorm(d_model)
+        self.pos_embs_kind = getattr(self.layers[0].mha_layer, "pos_embs_kind", None) if num_layers else None
+        self.layerdrop_prob = layerdrop_prob
+        self.output_hidden_states = output_hidden_states
+
+    def forward(
+        self, src: torch.Tensor, src_key_padding_mask: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
+        """Encodes ``src`` (B, T, E).
+
+        Returns
+        -------
+        out : torch.Tensor
+            (B, T, E), after the final layer norm.
+        hidden : list of torch.Tensor or None
+            With ``output_hidden_states``: the block input and each block's output
+            (num_layers + 1 tensors of shape (B, T, E)); otherwise None.
+        """
+        src_key_padding_mask = check_padding_mask(src_key_padding_mask, src)
+        pos_embs = positional_embeddings(self.pos_embs_kind, src)
+        hidden = [src] if self.output_hidden_states else None
+        x = src
+        for layer in self.layers:
+            skip = self.training and self.layerdrop_prob > 0 and torch.rand(()) < self.layerdrop_prob
+            if not skip:
+                x = layer(x, src_key_padding_mask, pos_embs)
+            if hidden is not None:
+                hidden.append(x)
+        return self.norm(x), hidden

@@ -1,0 +1,64 @@
+"""Sequence mixers: drop-in replacements for SpeechBrain's self-attention layers.
+
+Every mixer is called like SpeechBrain's attention,
+``out, attn = mixer(query, key, value, attn_mask=None, key_padding_mask=None, pos_embs=None)``,
+mixes the frames of ``query`` (B, T, E), returns ``(out, None)`` and declares the positional
+signal it reads in ``pos_embs_kind`` ("relative", "absolute" or None).
+"""
+
+from typing import Union
+
+from torch import nn
+
+from speechbrain_ext.mixers.fastformer import Fastformer
+from speechbrain_ext.mixers.hypermixing import HyperMixing
+from speechbrain_ext.mixers.mamba import BidirectionalMamba, MambaBlock
+from speechbrain_ext.mixers.mhsa import RelPosMHSA
+from speechbrain_ext.mixers.summary_mixing import SummaryMixing
+
+MIXERS: dict[str, type] = {
+    "mhsa": RelPosMHSA,
+    "hypermixing": HyperMixing,
+    "fastformer": Fastformer,
+    "summarymixing": SummaryMixing,
+    "mamba": BidirectionalMamba,
+}
+
+
+def resolve_mixer(mixer: Union[str, type]) -> type:
+    """The mixer class for a registered name, or the class itself when one is given."""
+    if isinstance(mixer, type):
+        return mixer
+    try:
+        return MIXERS[mixer]
+    except KeyError:
+        raise ValueError(
+            f"unknown mixer {mixer!r}; valid mixers: {', '.join(sorted(MIXERS))}"
+        ) from None
+
+
+def build_mixer(mixer: Union[str, type], d_model: int, nhead: int, **kwargs) -> nn.Module:
+    """Builds a mixer by registered name (or class) for width ``d_model`` and ``nhead`` heads.
+
+    Example
+    -------
+    >>> import torch
+    >>> layer = build_mixer("fastformer", d_model=64, nhead=4)
+    >>> x = torch.rand(2, 10, 64)
+    >>> layer(x, x, x)[0].shape
+    torch.Size([2, 10, 64])
+    """
+    return resolve_mixer(mixer)(d_model=d_model, nhead=nhead, **kwargs)
+
+
+__all__ = [
+    "MIXERS",
+    "BidirectionalMamba",
+    "Fastformer",
+    "HyperMixing",
+    "MambaBlock",
+    "RelPosMHSA",
+    "SummaryMixing",
+    "build_mixer",
+    "resolve_mixer",
+]

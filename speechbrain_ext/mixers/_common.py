@@ -1,0 +1,98 @@
+"""Helpers shared by the mixers: argument checks, padding masks and sinusoidal positions.
+
+Positions are computed on the fly for any length: no table with a maximum length.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+
+def check_heads(mixer: str, d_model: int, nhead: int, what: str = "d_model") -> None:
+    """Raises a ValueError naming both numbers when ``d_model`` cannot be split into ``nhead`` heads."""
+    if nhead < 1:
+        raise ValueError(f"{mixer}: nhead must be >= 1, got {nhead}")
+    if d_model % nhead != 0:
+        raise ValueError(
+            f"{mixer}: {what}={d_model} is not divisible by nhead={nhead}; "
+            f"choose a width that is a multiple of {nhead}"
+        )
+
+
+def check_padding_mask(
+    key_padding_mask: Optional[torch.Tensor], x: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """Validates a SpeechBrain key padding mask against ``x`` and returns it as bool.
+
+    Arguments
+    ---------
+    key_padding_mask : torch.Tensor or None
+        (B, T), True (or non-zero) at padded frames.
+    x : torch.Tensor
+        (B, T, D) input the mask describes.
+
+    Returns
+    -------
+    The mask as a bool tensor on ``x.device``, or None.
+    """
+    if key_padding_mask is None:
+        return None
+    expected = (x.shape[0], x.shape[1])
+    if key_padding_mask.dim() != 2 or tuple(key_padding_mask.shape) != expected:
+        raise ValueError(
+            f"key_padding_mask must have shape (batch, time) = {expected} to match the "
+            f"input {tuple(x.shape)}, got {tuple(key_padding_mask.shape)}"
+        )
+    return key_padding_mask.to(device=x.device, dtype=torch.bool)
+
+
+def valid_frames(key_padding_mask: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """(B, T, 1) multiplier in ``x.dtype``: 1 on valid frames, 0 on padding (None without a mask)."""
+    if key_padding_mask is None:
+        return None
+    return (~key_padding_mask).unsqueeze(-1).to(x.dtype)
+
+
+def _inverse_frequencies(dim: int, device: torch.device) -> torch.Tensor:
+    if dim % 2 != 0:
+        raise ValueError(f"sinusoidal positions need an even width, got {dim}")
+    return torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device)
+        * -(math.log(10000.0) / dim)
+    )
+
+
+def absolute_sinusoids(
+    length: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Absolute sinusoidal positions (Vaswani et al. 2017), same values as
+    SpeechBrain's ``PositionalEncoding`` but for any length.
+
+    Returns
+    -------
+    torch.Tensor
+        (1, length, dim): ``sin`` on even channels, ``cos`` on odd ones.
+    """
+    positions = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(-1)
+    angles = positions * _inverse_frequencies(dim, device)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).unsqueeze(0).to(dtype)
+
+
+def relative_sinusoids(
+    length: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Relative sinusoidal positions for Transformer-XL attention, same values as
+    SpeechBrain's ``RelPosEncXL``: rows for offsets ``length - 1`` down to ``-(length - 1)``.
+
+    Like ``RelPosEncXL``, the embedding of offset ``-k`` equals that of ``+k`` (it does not
+    negate the sine for future offsets); kept so that SpeechBrain checkpoints behave the same.
+
+    Returns
+    -------
+    torch.Tensor
+        (1, 2 * length - 1, dim)
+    """
+    offsets = torch.arange(length - 1, -length, -1, dtype=torch.float32, device=device).abs()
+    angles = offsets.unsqueeze(-1) * _inverse_frequencies(dim, device)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).unsqueeze(0).to(dtype)

@@ -1,0 +1,202 @@
+"""Bidirectional Mamba (Gu & Dao 2023, https://arxiv.org/abs/2312.00752) as a sequence mixer.
+
+``MambaBlock`` has the parameters of ``mamba_ssm.Mamba`` under the same names, so one
+state_dict loads in both. Its scan runs on mamba_ssm's CUDA kernels when that package
+imports and the input is on a GPU, and on :func:`speechbrain_ext.mixers.scan.selective_scan`
+otherwise. ``BidirectionalMamba`` runs one block over time and one over reversed time;
+the reversal is per utterance, so the backward direction starts at each utterance's last
+valid frame and never reads padding.
+"""
+
+import functools
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechbrain_ext.mixers._common import check_padding_mask
+from speechbrain_ext.mixers.scan import selective_scan
+
+MERGES = ("add", "concat")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_selective_scan():
+    """mamba_ssm's fused ``selective_scan_fn``, or None where it cannot be imported (no CUDA)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or its extension failing to load on a CPU-only machine
+        return None
+    return selective_scan_fn
+
+
+class MambaBlock(nn.Module):
+    """One selective state-space block (Mamba), causal over time.
+
+    Arguments
+    ---------
+    d_model : int
+        Width of the input and output, E.
+    d_state : int
+        State size N per channel.
+    d_conv : int
+        Kernel size of the causal depthwise convolution.
+    expand : int
+        Inner width is ``expand * d_model``.
+    dt_rank : int or "auto"
+        Rank of the step-size projection; "auto" is ceil(d_model / 16).
+    dt_min, dt_max, dt_init_floor : float
+        Range of the initial step sizes.
+    use_cuda_kernels : bool
+        Use mamba_ssm's kernels when they import and the input is on a GPU.
+
+    Example
+    -------
+    >>> block = MambaBlock(32)
+    >>> block(torch.rand(2, 20, 32)).shape
+    torch.Size([2, 20, 32])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank="auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        use_cuda_kernels: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_cuda_kernels = use_cuda_kernels
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1
+        )
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+        # Initialisation of the Mamba paper: step sizes log-uniform in [dt_min, dt_max],
+        # stored through the inverse softplus; A = -(1..N) per channel (S4D-real).
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        dt = torch.exp(
+            torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        states = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(states))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        # Read by optimisers that follow mamba_ssm's convention of no weight decay here.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) -> (B, T, E); frame t only sees frames 0..t."""
+        length = x.shape[1]
+        inner, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, D, T) each
+        inner = self.act(self.conv1d(inner)[..., :length])
+        dt, B, C = self.x_proj(inner.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )
+        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        scan = selective_scan
+        if self.use_cuda_kernels and x.is_cuda:
+            scan = cuda_selective_scan() or selective_scan
+        y = scan(
+            inner,
+            delta,
+            -torch.exp(self.A_log.float()),
+            B.transpose(1, 2).contiguous(),
+            C.transpose(1, 2).contiguous(),
+            self.D.float(),
+            z=gate,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )
+        return self.out_proj(y.transpose(1, 2))
+
+
+def reverse_valid_frames(x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reverses each utterance of x (B, T, E) within its valid length; padding stays in place.
+
+    The permutation is its own inverse, so applying it twice gives x back.
+    """
+    length = x.shape[1]
+    if key_padding_mask is None:
+        return x.flip(1)
+    lengths = (~key_padding_mask).sum(dim=1, keepdim=True)  # (B, 1)
+    positions = torch.arange(length, device=x.device).unsqueeze(0)
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class BidirectionalMamba(nn.Module):
+    """Two Mamba blocks, one over time and one over reversed time, as a sequence mixer.
+
+    Arguments
+    ---------
+    d_model : int
+        Width of the input and output, E.
+    nhead : int
+        Accepted for the common mixer signature; Mamba has no heads.
+    merge : str
+        ``"add"`` sums the two directions; ``"concat"`` concatenates them and projects to E.
+    **block_kwargs
+        Passed to both :class:`MambaBlock` (d_state, d_conv, expand, ...).
+
+    Example
+    -------
+    >>> x = torch.rand(2, 20, 32)
+    >>> out, attn = BidirectionalMamba(32, nhead=1)(x, x, x)
+    >>> out.shape, attn
+    (torch.Size([2, 20, 32]), None)
+    """
+
+    pos_embs_kind = None
+
+    def __init__(self, d_model: int, nhead: int = 1, merge: str = "add", **block_kwargs) -> None:
+        super().__init__()
+        if merge not in MERGES:
+            raise ValueError(f"mamba: unknown merge {merge!r}; valid merges: {', '.join(MERGES)}")
+        self.forward_block = MambaBlock(d_model, **block_kwargs)
+        self.backward_block = MambaBlock(d_model, **block_kwargs)
+        self.merge_proj = nn.Linear(2 * d_model, d_model) if merge == "concat" else None
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, None]:
+        """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
+
+        ``key``, ``value``, ``attn_mask`` and ``pos_embs`` are ignored (self-mixing only).
+        """
+        key_padding_mask = check_padding_mask(key_padding_mask, query)
+        x = query
+        if key_padding_mask is not None:
+            x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        forward_out = self.forward_block(x)
+        backward_out = reverse_valid_frames(
+            self.backward_block(reverse_valid_frames(x, key_padding_mask)), key_padding_mask
+        )
+        if self.merge_proj is None:
+            out = forward_out + backward_out
+        else:
+            out = self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
+        if key_padding_mask is not None:
+            out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        return out, None

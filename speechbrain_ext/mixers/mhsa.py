@@ -1,0 +1,70 @@
+"""Relative-position multi-head self-attention: the paper's quadratic baseline.
+
+SpeechBrain's ``RelPosMHAXL`` (Transformer-XL attention, Dai et al. 2019,
+https://arxiv.org/abs/1901.02860) behind the mixer interface: positions are computed
+when the caller gives none, and attention weights are not returned.
+"""
+
+from typing import Optional
+
+import torch
+from speechbrain.nnet.attention import RelPosMHAXL
+
+from speechbrain_ext.mixers._common import check_heads, check_padding_mask, relative_sinusoids
+
+
+class RelPosMHSA(RelPosMHAXL):
+    """Multi-head self-attention with Transformer-XL relative positions.
+
+    Same parameters and outputs as SpeechBrain's ``RelPosMHAXL`` (its state_dict loads
+    as is); time and memory grow with T².
+
+    Arguments
+    ---------
+    d_model : int
+        Width of the input and output, E.
+    nhead : int
+        Number of attention heads; must divide ``d_model``.
+    dropout : float
+        Dropout on the attention weights.
+
+    Example
+    -------
+    >>> x = torch.rand(2, 50, 64)
+    >>> out, attn = RelPosMHSA(64, nhead=4)(x, x, x)
+    >>> out.shape, attn
+    (torch.Size([2, 50, 64]), None)
+    """
+
+    pos_embs_kind = "relative"
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
+        check_heads("mhsa", d_model, nhead)
+        super().__init__(embed_dim=d_model, num_heads=nhead, dropout=dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, None]:
+        """Self-attention over ``query`` (B, T, E); returns ((B, T, E), None).
+
+        ``pos_embs`` is (1, 2T - 1, E) from ``relative_sinusoids``; computed here when None.
+        """
+        key_padding_mask = check_padding_mask(key_padding_mask, query)
+        if pos_embs is None:
+            pos_embs = relative_sinusoids(query.shape[1], self.embed_dim, query.device, query.dtype)
+        out = super().forward(
+            query,
+            key,
+            value,
+            pos_embs=pos_embs,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            return_attn_weights=False,
+        )
+        return out, None
