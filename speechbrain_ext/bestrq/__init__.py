@@ -1,0 +1,6 @@
+"""BEST-RQ self-supervised pretraining (Chiu et al. 2022, https://arxiv.org/abs/2202.01855)."""
+
+from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
+from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
+
+__all__ = ["RandomProjectionQuantizer", "apply_mask_noise", "compute_span_mask"]
