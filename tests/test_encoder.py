@@ -1,0 +1,114 @@
+"""MixerConformerEncoder: hidden states, padding invariance, positions, paper sizes."""
+
+import pytest
+import torch
+from conftest import SMALL_MIXER_KWARGS
+from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
+
+from speechbrain_ext.encoder import MixerConformerEncoder, masked_convolution
+from speechbrain_ext.mixers import MIXERS, Fastformer
+
+ALL_MIXERS = list(MIXERS)
+# The BEST-RQ paper's base widths, chosen to equalise parameters across mixers.
+PAPER_BASE_WIDTHS = {"mhsa": 576, "hypermixing": 672, "fastformer": 616, "summarymixing": 632, "mamba": 474}
+
+
+def small_encoder(name, num_layers=2, **kwargs):
+    return MixerConformerEncoder(
+        num_layers, 32, 64, 4, mixer=name, kernel_size=5, mixer_kwargs=SMALL_MIXER_KWARGS[name], **kwargs
+    ).eval()
+
+
+def padding_mask(lengths, max_len):
+    return torch.arange(max_len).unsqueeze(0) >= torch.tensor(lengths).unsqueeze(1)
+
+
+@pytest.mark.parametrize("name", ALL_MIXERS)
+def test_hidden_states_are_input_plus_every_block(name):
+    encoder = small_encoder(name, num_layers=12, output_hidden_states=True)
+    x = torch.randn(2, 25, 32)
+    out, hidden = encoder(x)
+    assert out.shape == x.shape
+    assert len(hidden) == 13
+    assert hidden[0] is x
+    assert all(h.shape == x.shape for h in hidden)
+    torch.testing.assert_close(out, encoder.norm(hidden[-1]))
+    assert small_encoder(name)(x)[1] is None
+
+
+@pytest.mark.parametrize("name", ALL_MIXERS)
+def test_encoder_padding_invariance(name):
+    encoder = small_encoder(name)
+    lengths, max_len = [12, 31, 40], 40
+    utterances = [torch.randn(1, n, 32) for n in lengths]
+    batch = torch.randn(3, max_len, 32) * 50
+    for row, utt in enumerate(utterances):
+        batch[row, : utt.shape[1]] = utt[0]
+    with torch.no_grad():
+        batched, _ = encoder(batch, padding_mask(lengths, max_len))
+        for row, utt in enumerate(utterances):
+            torch.testing.assert_close(batched[row, : utt.shape[1]], encoder(utt)[0][0], atol=5e-5, rtol=1e-4)
+
+
+def test_speechbrain_convolution_module_alone_leaks_padding():
+    """Why the encoder masks inside the convolution module: the stock forward reads padding."""
+    module = ConvolutionModule(16, kernel_size=5).eval()
+    x = torch.randn(1, 10, 16)
+    padded = torch.cat([x, torch.randn(1, 4, 16)], dim=1)
+    mask = padding_mask([10], 14)
+    with torch.no_grad():
+        alone = module(x)
+        stock = module(padded, mask.unsqueeze(-1))
+        ours = masked_convolution(module, padded, mask)
+    assert not torch.allclose(stock[:, :10], alone, atol=1e-5)
+    torch.testing.assert_close(ours[:, :10], alone)
+
+
+@pytest.mark.parametrize("name", ["mhsa", "hypermixing"])
+def test_positions_are_built_for_any_length(name):
+    encoder = small_encoder(name, num_layers=1)
+    x = torch.randn(1, 3100, 32)  # past SpeechBrain's 2500- and 3000-row tables
+    with torch.no_grad():
+        out, _ = encoder(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_layerdrop_skips_blocks_only_in_training():
+    encoder = small_encoder("fastformer", num_layers=4, layerdrop_prob=0.99, output_hidden_states=True)
+    x = torch.randn(1, 8, 32)
+    _, hidden = encoder.train()(x)
+    assert sum(torch.equal(a, b) for a, b in zip(hidden, hidden[1:])) >= 2
+    _, hidden = encoder.eval()(x)
+    assert not any(torch.equal(a, b) for a, b in zip(hidden, hidden[1:]))
+    with pytest.raises(ValueError, match="layerdrop_prob"):
+        MixerConformerEncoder(1, 32, 64, 4, layerdrop_prob=1.0)
+
+
+def test_mixer_given_as_a_class():
+    encoder = MixerConformerEncoder(2, 32, 64, 4, mixer=Fastformer, mixer_kwargs={"share_query_value": False})
+    mixers = [layer.mha_layer for layer in encoder.layers]
+    assert all(isinstance(mixer, Fastformer) and mixer.value is not None for mixer in mixers)
+    assert encoder(torch.randn(2, 5, 32))[0].shape == (2, 5, 32)
+
+
+def test_encoder_refuses_bad_configurations():
+    with pytest.raises(ValueError, match="unknown mixer 'attention'"):
+        MixerConformerEncoder(2, 32, 64, 4, mixer="attention")
+    with pytest.raises(ValueError, match="d_model=30 is not divisible by nhead=4"):
+        MixerConformerEncoder(2, 30, 64, 4, mixer="mhsa")
+    with pytest.raises(ValueError, match=r"\(batch, time\) = \(2, 5\)"):
+        small_encoder("mamba")(torch.randn(2, 5, 32), torch.zeros(5, 2, dtype=torch.bool))
+
+
+def count_parameters(name, d_model):
+    with torch.device("meta"):  # sizes only: nothing is allocated
+        encoder = MixerConformerEncoder(12, d_model, 2048, 8, mixer=name)
+    return sum(p.numel() for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER_BASE_WIDTHS if n != "mhsa"])
+def test_paper_base_widths_equalise_parameters(name):
+    reference = count_parameters("mhsa", PAPER_BASE_WIDTHS["mhsa"])
+    count = count_parameters(name, PAPER_BASE_WIDTHS[name])
+    assert 85e6 < reference < 92e6
+    assert abs(count / reference - 1) < 0.03, (name, count, reference)
