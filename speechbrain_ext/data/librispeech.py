@@ -1,0 +1,318 @@
+"""LibriSpeech data preparation: SpeechBrain CSV manifests from the corpus on disk.
+
+Download: http://www.openslr.org/12 (nothing is downloaded here).
+
+Layout read: `LibriSpeech/<split>/<spk>/<chapter>/<spk>-<chapter>-<NNNN>.flac` with one
+`<spk>-<chapter>.trans.txt` per chapter. Durations come from the file headers
+(`soundfile.info`), so preparation never decodes the audio.
+
+Authors
+ * speechbrain_ext contributors
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+CSV_HEADER: tuple[str, ...] = ("ID", "duration", "wav", "spk_id", "wrd")
+OPT_FILE = "prepare_librispeech_options.json"
+SKIPPED_FILE = "prepare_librispeech_skipped.txt"
+#: Why a file can be left out of a manifest.
+SKIP_REASONS: tuple[str, ...] = (
+    "empty",  # 0 bytes, or a valid header with 0 frames
+    "unreadable",  # soundfile cannot read the header (corrupted, not audio)
+    "wrong_sample_rate",
+    "not_mono",
+    "too_short",  # duration < min_duration
+    "too_long",  # duration > max_duration
+    "no_transcript",  # no line for the utterance in the chapter's .trans.txt
+    "missing_audio",  # a transcript line whose .flac does not exist
+)
+_OPTIONS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Skip:
+    path: str
+    reason: str
+    detail: str
+
+
+def prepare_librispeech(
+    data_folder: str | Path,
+    save_folder: str | Path,
+    splits: Sequence[str] = ("train-clean-100", "dev-clean", "test-clean"),
+    min_duration: float = 1.0,
+    max_duration: float | None = None,
+    sample_rate: int = 16000,
+    skip_prep: bool = False,
+) -> dict[str, Path]:
+    """Writes one SpeechBrain CSV manifest per LibriSpeech split.
+
+    Each `<save_folder>/<split>.csv` has the columns `ID,duration,wav,spk_id,wrd`:
+    the utterance ID, its duration in seconds (from the file header), the absolute
+    path of the .flac, the speaker ID in SpeechBrain's LibriSpeech convention
+    (`<spk>-<chapter>`, the first two fields of the ID) and the transcript.
+    Rows are sorted by ID.
+
+    Files that cannot be used are left out, counted per reason (see `SKIP_REASONS`),
+    logged, and listed with the reason in `<save_folder>/prepare_librispeech_skipped.txt`
+    (one `path<TAB>reason<TAB>detail` line each): an empty or unreadable file, a wrong
+    sampling rate, more than one channel, a duration below `min_duration` or above
+    `max_duration`, an utterance without a transcript line, and a transcript line
+    without its .flac.
+
+    Work already done is skipped: when every CSV exists and the options saved
+    beside them (`prepare_librispeech_options.json`, written last) match this call,
+    nothing is scanned. CSVs are written to a temporary file and renamed, so an
+    interrupted preparation never leaves a partial CSV that looks complete.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        The folder that contains `LibriSpeech/`, or the `LibriSpeech/` folder itself.
+    save_folder : str or Path
+        Where the CSV files, the options and the list of skipped files are written.
+    splits : sequence of str
+        Split folders to prepare, e.g. "train-clean-100", "dev-clean", "test-other".
+    min_duration : float
+        Shorter utterances are skipped (seconds). The default, 1.0 s, is below the
+        shortest real LibriSpeech utterance, so only broken clips are dropped.
+    max_duration : float, optional
+        Longer utterances are skipped (seconds); None keeps all.
+    sample_rate : int
+        Expected sampling rate; files with another rate are skipped.
+    skip_prep : bool
+        If True, do nothing and only return the CSV paths.
+
+    Returns
+    -------
+    dict
+        Split name -> path of its CSV file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a split folder does not exist.
+    ValueError
+        If the options are invalid or a split has no usable utterance.
+
+    Example
+    -------
+    >>> import csv, tempfile
+    >>> from speechbrain_ext.data.toy import write_toy_librispeech
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = write_toy_librispeech(tmp.name, splits=["dev-clean"], speakers_per_split=1,
+    ...                           chapters_per_speaker=1, utterances_per_chapter=2)
+    >>> csvs = prepare_librispeech(tmp.name, tmp.name + "/manifests", splits=["dev-clean"])
+    >>> with open(csvs["dev-clean"], newline="") as f:
+    ...     rows = list(csv.DictReader(f))
+    >>> [row["ID"] for row in rows], list(rows[0])
+    (['4001-400101-0000', '4001-400101-0001'], ['ID', 'duration', 'wav', 'spk_id', 'wrd'])
+    >>> tmp.cleanup()
+    """
+    if isinstance(splits, str):
+        splits = [splits]
+    splits = list(splits)
+    save_folder = Path(save_folder)
+    csv_files = {split: save_folder / f"{split}.csv" for split in splits}
+    if skip_prep:
+        return csv_files
+    _check_options(splits, min_duration, max_duration, sample_rate)
+
+    root = _find_root(Path(data_folder), splits)
+    options = {
+        "version": _OPTIONS_VERSION,
+        "data_folder": os.path.abspath(root),
+        "splits": splits,
+        "min_duration": float(min_duration),
+        "max_duration": None if max_duration is None else float(max_duration),
+        "sample_rate": int(sample_rate),
+    }
+    opt_file = save_folder / OPT_FILE
+    if _already_prepared(csv_files, opt_file, options):
+        logger.info(
+            "LibriSpeech already prepared in %s (%s), skipping",
+            save_folder,
+            ", ".join(splits),
+        )
+        return csv_files
+
+    save_folder.mkdir(parents=True, exist_ok=True)
+    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
+    skip_file = save_folder / SKIPPED_FILE
+    all_skipped: list[_Skip] = []
+    try:
+        for split in splits:
+            rows, skipped = _scan_split(root / split, min_duration, max_duration, sample_rate)
+            all_skipped.extend(skipped)
+            counts = Counter(skip.reason for skip in skipped)
+            if skipped:
+                logger.warning(
+                    "LibriSpeech %s: skipped %d file(s): %s (listed in %s)",
+                    split,
+                    len(skipped),
+                    ", ".join(f"{reason}={counts[reason]}" for reason in sorted(counts)),
+                    skip_file,
+                )
+            if not rows:
+                raise ValueError(
+                    f"LibriSpeech split {split!r} in {root / split} has no usable utterance "
+                    f"(skipped: {dict(sorted(counts.items())) or 'none found'}); "
+                    f"see {skip_file}"
+                )
+            with _atomic_writer(csv_files[split]) as f:
+                writer = csv.writer(f)
+                writer.writerow(CSV_HEADER)
+                writer.writerows(rows)
+            hours = sum(float(row[1]) for row in rows) / 3600.0
+            logger.info(
+                "LibriSpeech %s: %d utterances (%.2f h) -> %s",
+                split,
+                len(rows),
+                hours,
+                csv_files[split],
+            )
+    finally:
+        with _atomic_writer(skip_file) as f:
+            f.write("# path\treason\tdetail\n")
+            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in all_skipped)
+    with _atomic_writer(opt_file) as f:
+        json.dump(options, f, indent=2)
+    return csv_files
+
+
+def _check_options(splits: list[str], min_duration: float, max_duration: float | None, sample_rate: int) -> None:
+    if not splits:
+        raise ValueError("splits is empty: name at least one LibriSpeech split")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be distinct, got {splits}")
+    if min_duration < 0:
+        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
+    if max_duration is not None and max_duration <= min_duration:
+        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+
+
+def _find_root(data_folder: Path, splits: list[str]) -> Path:
+    """The LibriSpeech folder: `data_folder/LibriSpeech` or `data_folder` itself."""
+    candidates = [data_folder / "LibriSpeech", data_folder]
+    for candidate in candidates:
+        if all((candidate / split).is_dir() for split in splits):
+            return candidate
+    root = next((c for c in candidates if c.is_dir()), data_folder)
+    missing = [split for split in splits if not (root / split).is_dir()]
+    raise FileNotFoundError(
+        f"LibriSpeech split folder(s) {missing} not found in {root}. data_folder must be the "
+        f"folder that contains LibriSpeech/ or the LibriSpeech/ folder itself, laid out as "
+        f"LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac"
+    )
+
+
+def _already_prepared(csv_files: dict[str, Path], opt_file: Path, options: dict) -> bool:
+    if not opt_file.is_file() or not all(path.is_file() for path in csv_files.values()):
+        return False
+    try:
+        saved = json.loads(opt_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == options
+
+
+def _read_transcripts(split_dir: Path) -> dict[str, tuple[str, Path]]:
+    """Utterance ID -> (transcript, chapter folder) from every .trans.txt of a split."""
+    transcripts: dict[str, tuple[str, Path]] = {}
+    for trans_file in sorted(split_dir.rglob("*.trans.txt")):
+        for line in trans_file.read_text(encoding="utf-8").splitlines():
+            parts = line.strip().split(maxsplit=1)
+            if len(parts) == 2:
+                transcripts[parts[0]] = (parts[1], trans_file.parent)
+    return transcripts
+
+
+def _check_audio(
+    path: str, min_duration: float, max_duration: float | None, sample_rate: int
+) -> tuple[float, _Skip | None]:
+    """Duration of one file from its header, or the reason to skip it."""
+    if os.path.getsize(path) == 0:
+        return 0.0, _Skip(path, "empty", "0 bytes")
+    try:
+        info = sf.info(path)
+    except Exception as err:  # noqa: BLE001 - any failure to read the header
+        return 0.0, _Skip(path, "unreadable", " ".join(str(err).split()))
+    if info.frames <= 0:
+        return 0.0, _Skip(path, "empty", "0 frames")
+    duration = info.frames / info.samplerate
+    if info.samplerate != sample_rate:
+        detail = f"{info.samplerate} Hz, expected {sample_rate} Hz"
+        return duration, _Skip(path, "wrong_sample_rate", detail)
+    if info.channels != 1:
+        return duration, _Skip(path, "not_mono", f"{info.channels} channels")
+    if duration < min_duration:
+        return duration, _Skip(path, "too_short", f"{duration:.3f} s < {min_duration} s")
+    if max_duration is not None and duration > max_duration:
+        return duration, _Skip(path, "too_long", f"{duration:.3f} s > {max_duration} s")
+    return duration, None
+
+
+def _scan_split(
+    split_dir: Path, min_duration: float, max_duration: float | None, sample_rate: int
+) -> tuple[list[list[str]], list[_Skip]]:
+    """CSV rows (sorted by ID) and skipped files of one split folder."""
+    transcripts = _read_transcripts(split_dir)
+    audio = sorted(os.path.abspath(p) for p in split_dir.rglob("*.flac"))
+    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk
+        checks = list(
+            pool.map(
+                lambda p: _check_audio(p, min_duration, max_duration, sample_rate),
+                audio,
+            )
+        )
+    rows: list[list[str]] = []
+    skipped: list[_Skip] = []
+    seen: set[str] = set()
+    for path, (duration, skip) in zip(audio, checks):
+        utt_id = Path(path).name[: -len(".flac")]
+        seen.add(utt_id)
+        if skip is not None:
+            skipped.append(skip)
+        elif utt_id not in transcripts:
+            skipped.append(_Skip(path, "no_transcript", "no line in the chapter's .trans.txt"))
+        else:
+            spk_id = "-".join(utt_id.split("-")[:2])
+            rows.append([utt_id, str(duration), path, spk_id, transcripts[utt_id][0]])
+    for utt_id in sorted(set(transcripts) - seen):
+        path = os.path.abspath(transcripts[utt_id][1] / f"{utt_id}.flac")
+        skipped.append(_Skip(path, "missing_audio", "transcript line without audio file"))
+    rows.sort(key=lambda row: row[0])
+    return rows, skipped
+
+
+@contextmanager
+def _atomic_writer(path: Path) -> Iterator[IO[str]]:
+    """Opens a temporary file beside `path` and renames it to `path` on success."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
