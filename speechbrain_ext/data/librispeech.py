@@ -16,15 +16,12 @@ import csv
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import soundfile as sf
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +40,6 @@ SKIP_REASONS: tuple[str, ...] = (
     "missing_audio",  # a transcript line whose .flac does not exist
 )
 _OPTIONS_VERSION = 1
-
-
-@dataclass(frozen=True)
-class _Skip:
-    path: str
-    reason: str
-    detail: str
 
 
 def prepare_librispeech(
@@ -155,24 +145,23 @@ def prepare_librispeech(
     save_folder.mkdir(parents=True, exist_ok=True)
     opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
     skip_file = save_folder / SKIPPED_FILE
-    all_skipped: list[_Skip] = []
+    all_skipped: list[AudioProblem] = []
     try:
         for split in splits:
             rows, skipped = _scan_split(root / split, min_duration, max_duration, sample_rate)
             all_skipped.extend(skipped)
-            counts = Counter(skip.reason for skip in skipped)
             if skipped:
                 logger.warning(
                     "LibriSpeech %s: skipped %d file(s): %s (listed in %s)",
                     split,
                     len(skipped),
-                    ", ".join(f"{reason}={counts[reason]}" for reason in sorted(counts)),
+                    summarize_problems(skipped),
                     skip_file,
                 )
             if not rows:
                 raise ValueError(
                     f"LibriSpeech split {split!r} in {root / split} has no usable utterance "
-                    f"(skipped: {dict(sorted(counts.items())) or 'none found'}); "
+                    f"(skipped: {summarize_problems(skipped) or 'none found'}); "
                     f"see {skip_file}"
                 )
             with _atomic_writer(csv_files[split]) as f:
@@ -245,46 +234,15 @@ def _read_transcripts(split_dir: Path) -> dict[str, tuple[str, Path]]:
     return transcripts
 
 
-def _check_audio(
-    path: str, min_duration: float, max_duration: float | None, sample_rate: int
-) -> tuple[float, _Skip | None]:
-    """Duration of one file from its header, or the reason to skip it."""
-    if os.path.getsize(path) == 0:
-        return 0.0, _Skip(path, "empty", "0 bytes")
-    try:
-        info = sf.info(path)
-    except Exception as err:  # noqa: BLE001 - any failure to read the header
-        return 0.0, _Skip(path, "unreadable", " ".join(str(err).split()))
-    if info.frames <= 0:
-        return 0.0, _Skip(path, "empty", "0 frames")
-    duration = info.frames / info.samplerate
-    if info.samplerate != sample_rate:
-        detail = f"{info.samplerate} Hz, expected {sample_rate} Hz"
-        return duration, _Skip(path, "wrong_sample_rate", detail)
-    if info.channels != 1:
-        return duration, _Skip(path, "not_mono", f"{info.channels} channels")
-    if duration < min_duration:
-        return duration, _Skip(path, "too_short", f"{duration:.3f} s < {min_duration} s")
-    if max_duration is not None and duration > max_duration:
-        return duration, _Skip(path, "too_long", f"{duration:.3f} s > {max_duration} s")
-    return duration, None
-
-
 def _scan_split(
     split_dir: Path, min_duration: float, max_duration: float | None, sample_rate: int
-) -> tuple[list[list[str]], list[_Skip]]:
+) -> tuple[list[list[str]], list[AudioProblem]]:
     """CSV rows (sorted by ID) and skipped files of one split folder."""
     transcripts = _read_transcripts(split_dir)
     audio = sorted(os.path.abspath(p) for p in split_dir.rglob("*.flac"))
-    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk
-        checks = list(
-            pool.map(
-                lambda p: _check_audio(p, min_duration, max_duration, sample_rate),
-                audio,
-            )
-        )
+    checks = check_audio_files(audio, sample_rate, min_duration, max_duration)
     rows: list[list[str]] = []
-    skipped: list[_Skip] = []
+    skipped: list[AudioProblem] = []
     seen: set[str] = set()
     for path, (duration, skip) in zip(audio, checks):
         utt_id = Path(path).name[: -len(".flac")]
@@ -292,13 +250,13 @@ def _scan_split(
         if skip is not None:
             skipped.append(skip)
         elif utt_id not in transcripts:
-            skipped.append(_Skip(path, "no_transcript", "no line in the chapter's .trans.txt"))
+            skipped.append(AudioProblem(path, "no_transcript", "no line in the chapter's .trans.txt"))
         else:
             spk_id = "-".join(utt_id.split("-")[:2])
             rows.append([utt_id, str(duration), path, spk_id, transcripts[utt_id][0]])
     for utt_id in sorted(set(transcripts) - seen):
         path = os.path.abspath(transcripts[utt_id][1] / f"{utt_id}.flac")
-        skipped.append(_Skip(path, "missing_audio", "transcript line without audio file"))
+        skipped.append(AudioProblem(path, "missing_audio", "transcript line without audio file"))
     rows.sort(key=lambda row: row[0])
     return rows, skipped
 
