@@ -41,3 +41,23 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(tensor, torch.Tensor) and tensor.numel() > self.numel:
                 self.numel, self.op = tensor.numel(), str(func)
         return out
+
+
+def write_bad_audio(directory, prefix: str) -> dict:
+    """Writes one file per kind of bad audio into ``directory``: {path: expected reason}."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    noise = 0.1 * rng.standard_normal(32000).astype(np.float32)
+    paths = {reason: str(directory / f"{prefix}-{100 + i:04d}.flac") for i, reason in enumerate(BAD_AUDIO)}
+    open(paths["empty"], "wb").close()
+    with open(paths["unreadable"], "wb") as handle:
+        handle.write(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    sf.write(paths["too_short"], noise[:1600], 16000, format="FLAC")  # 0.1 s
+    sf.write(paths["wrong_sample_rate"], noise[:16000], 8000, format="FLAC")
+    sf.write(paths["not_mono"], np.stack([noise, noise], axis=1), 16000, format="FLAC")
+    return {path: reason for reason, path in paths.items()}
+
+
+BAD_AUDIO = ("empty", "unreadable", "too_short", "wrong_sample_rate", "not_mono")

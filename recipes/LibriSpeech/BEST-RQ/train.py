@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""BEST-RQ pretraining on LibriSpeech of a Conformer whose self-attention is a chosen mixer.
+
+    python train.py hparams/base/summarymixing.yaml --data_folder=/data/LibriSpeech
+    torchrun --nproc_per_node=8 train.py hparams/base/mamba.yaml --data_folder=/data/LibriSpeech
+
+The mixer, the sizes and every setting are in the YAML; the logic is in speechbrain_ext.bestrq.
+At the end the encoder is exported to <output_folder>/encoder/ for the MP3S recipes.
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_ext.bestrq.brain import BestRQBrain, dynamic_batching, export_encoder
+from speechbrain_ext.data.dataset import audio_dataset
+from speechbrain_ext.data.librispeech import prepare_librispeech
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+
+    splits = hparams["train_splits"] + hparams["valid_splits"]
+    prep = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"], "splits": splits}
+    run_on_main(prepare_librispeech, kwargs={**prep, "skip_prep": hparams["skip_prep"]})
+
+    def dataset(split_names, sort=False):
+        csvs = [f"{hparams['output_folder']}/{name}.csv" for name in split_names]
+        return audio_dataset(
+            csvs,
+            hparams["sample_rate"],
+            hparams["avoid_if_shorter_than"],
+            hparams["avoid_if_longer_than"],
+            report_file=f"{hparams['output_folder']}/skipped_audio.txt",
+            sort_by_duration=sort,
+        )
+
+    train_data, valid_data = dataset(hparams["train_splits"]), dataset(hparams["valid_splits"], sort=True)
+    brain = BestRQBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        train_data,
+        valid_data,
+        train_loader_kwargs=dynamic_batching(
+            train_data, hparams["seconds_per_batch"], hparams["num_buckets"], hparams["num_workers"]
+        ),
+        valid_loader_kwargs={"batch_size": hparams["valid_batch_size"], "num_workers": hparams["num_workers"]},
+    )
+    export_encoder(hparams["model"], hparams["encoder_folder"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

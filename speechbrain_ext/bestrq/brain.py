@@ -1,0 +1,124 @@
+"""SpeechBrain ``Brain`` for BEST-RQ pretraining: loss, masked accuracy, logging, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import if_main_process
+
+logger = logging.getLogger(__name__)
+
+
+class BestRQBrain(sb.Brain):
+    """Trains ``modules.model`` (a :class:`~speechbrain_ext.bestrq.BestRQ`).
+
+    Reads from hparams: ``lr_scheduler`` (stepped on every optimizer step), ``train_logger``,
+    ``log_interval`` (optimizer steps between log lines), ``use_tensorboard`` and
+    ``tensorboard_folder``, ``checkpoints_to_keep``. Precision, gradient accumulation,
+    gradient clipping, the optimizer step limit and timed checkpoints are SpeechBrain's
+    own options (``precision``, ``grad_accumulation_factor``, ``max_grad_norm``,
+    ``optimizer_step_limit``, ``ckpt_interval_minutes``).
+    """
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        return self.modules.model(wavs, wav_lens)
+
+    def compute_objectives(self, outputs, batch, stage):
+        self.masked_correct += float(outputs.accuracy) * outputs.num_masked
+        self.masked_total += outputs.num_masked
+        return outputs.loss
+
+    def on_fit_start(self):
+        super().on_fit_start()  # restores the latest checkpoint, if any
+        self.tensorboard = None
+        if getattr(self.hparams, "use_tensorboard", False) and if_main_process():
+            from speechbrain.utils.train_logger import TensorboardLogger
+
+            self.tensorboard = TensorboardLogger(self.hparams.tensorboard_folder)
+        if self.optimizer_step > 0:
+            logger.info("resumed at optimizer step %d", self.optimizer_step)
+            self._log({"resumed at optimizer step": self.optimizer_step, "optimizer state": self.optimizer_digest()})
+
+    def on_stage_start(self, stage, epoch=None):
+        self.masked_correct, self.masked_total = 0.0, 0
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if not should_step:
+            return
+        self.hparams.lr_scheduler(self.optimizer)
+        if self.optimizer_step % self.hparams.log_interval == 0:
+            stats = {"loss": self.avg_train_loss, "masked_accuracy": self.masked_accuracy()}
+            self._log({"optimizer step": self.optimizer_step, "lr": self.learning_rate()}, stats)
+            if self.tensorboard is not None:
+                self.tensorboard.log_stats({"step": self.optimizer_step}, train_stats=stats)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss, "masked_accuracy": self.masked_accuracy()}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        meta = {"epoch": epoch, "optimizer step": self.optimizer_step, "lr": self.learning_rate()}
+        self._log(meta, getattr(self, "train_stats", None), stats)
+        if self.tensorboard is not None:
+            self.tensorboard.log_stats(meta, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
+        if stage == sb.Stage.VALID:
+            self.checkpointer.save_and_keep_only(
+                meta={"loss": stage_loss, "optimizer_step": self.optimizer_step},
+                num_to_keep=getattr(self.hparams, "checkpoints_to_keep", 2),
+            )
+
+    def masked_accuracy(self) -> float:
+        """Share of masked frames whose target code was predicted, in the current stage."""
+        return self.masked_correct / max(self.masked_total, 1)
+
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def optimizer_digest(self) -> float:
+        """A number that changes with the optimizer's state: the sum of all its state tensors.
+
+        Logged on resumption, so that a restart can be checked against the checkpoint.
+        """
+        return optimizer_state_digest(self.optimizer.state_dict())
+
+    def _log(self, meta, train_stats=None, valid_stats=None):
+        if if_main_process():
+            self.hparams.train_logger.log_stats(meta, train_stats=train_stats, valid_stats=valid_stats)
+
+
+def optimizer_state_digest(state_dict: dict) -> float:
+    """Sum of every tensor in an optimizer state_dict (for comparing saved and restored states)."""
+    return float(
+        sum(
+            value.double().sum()
+            for state in state_dict["state"].values()
+            for value in state.values()
+            if torch.is_tensor(value)
+        )
+    )
+
+
+def dynamic_batching(dataset, seconds_per_batch: float, num_buckets: int, num_workers: int = 0) -> dict:
+    """``train_loader_kwargs`` for batches of at most ``seconds_per_batch`` seconds of audio."""
+    sampler = DynamicBatchSampler(
+        dataset,
+        max_batch_length=seconds_per_batch,
+        num_buckets=num_buckets,
+        length_func=lambda row: row["duration"],
+        shuffle=True,
+        batch_ordering="random",
+    )
+    return {"batch_sampler": sampler, "num_workers": num_workers}
+
+
+def export_encoder(model, folder: str | Path) -> None:
+    """Writes the pretrained ``SpeechEncoder`` of a BestRQ model for downstream recipes."""
+    if if_main_process():
+        model.speech_encoder.save_pretrained(folder)
+        logger.info("encoder exported to %s", folder)

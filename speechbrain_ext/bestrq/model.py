@@ -1,0 +1,286 @@
+"""The BEST-RQ pretraining model around a mixer Conformer.
+
+``SpeechEncoder`` is the network that pretraining produces and downstream tasks reuse:
+fbank -> per-utterance normalisation -> CNN front-end (two stride-2 blocks: 40 ms frames) ->
+linear projection -> ``MixerConformerEncoder``. It is built from plain settings, so that
+``save_pretrained`` / ``from_pretrained`` can rebuild it from a folder alone.
+
+``BestRQ`` adds what pretraining needs (Chiu et al. 2022, https://arxiv.org/abs/2202.01855):
+targets from a frozen random-projection quantizer on stacked normalised fbank frames, masked
+spans replaced by noise, one linear head per codebook, cross-entropy on masked frames only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+from speechbrain.processing.features import InputNormalization
+from torch import nn
+
+from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
+from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
+from speechbrain_ext.encoder import MixerConformerEncoder
+
+CONFIG_FILE = "encoder_config.json"
+WEIGHTS_FILE = "encoder.ckpt"
+
+
+@dataclass
+class EncoderOutput:
+    """What :meth:`SpeechEncoder.encode` returns.
+
+    ``out`` (B, T', E) after the final norm; ``hidden`` the encoder input and every block
+    output (or None); ``padding_mask`` (B, T') True at padded encoder frames.
+    """
+
+    out: torch.Tensor
+    hidden: list[torch.Tensor] | None
+    padding_mask: torch.Tensor
+
+
+class SpeechEncoder(nn.Module):
+    """Fbank, normalisation, CNN front-end and mixer Conformer: waveforms to frame vectors.
+
+    Arguments
+    ---------
+    mixer : str
+        Mixer name of ``speechbrain_ext.mixers.MIXERS``.
+    num_layers, d_model, d_ffn, nhead : int
+        Encoder size (paper base: 12 layers, d_ffn 2048, 8 heads, d_model per mixer).
+    mixer_kwargs : dict, optional
+        Extra mixer settings.
+    dropout : float
+        Dropout in the encoder blocks.
+    kernel_size : int
+        Depthwise convolution kernel of the Conformer blocks.
+    layerdrop_prob : float
+        LayerDrop probability while training.
+    sample_rate, n_fft, n_mels, hop_length : int or float
+        Fbank settings (hop in ms).
+    cnn_channels : tuple of int
+        Output channels of the two stride-2 convolution blocks.
+
+    Example
+    -------
+    >>> enc = SpeechEncoder("fastformer", num_layers=2, d_model=64, d_ffn=128, nhead=4)
+    >>> feats, lengths = enc.features(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> feats.shape, lengths.tolist()
+    (torch.Size([2, 104, 80]), [101, 51])
+    >>> enc.encode(feats, lengths).out.shape
+    torch.Size([2, 26, 64])
+    """
+
+    frames_per_token = 4  # two stride-2 convolution blocks
+
+    def __init__(
+        self,
+        mixer: str,
+        num_layers: int = 12,
+        d_model: int = 576,
+        d_ffn: int = 2048,
+        nhead: int = 8,
+        mixer_kwargs: dict | None = None,
+        dropout: float = 0.1,
+        kernel_size: int = 31,
+        layerdrop_prob: float = 0.0,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        n_mels: int = 80,
+        hop_length: float = 10,
+        cnn_channels: tuple[int, int] = (128, 32),
+    ) -> None:
+        super().__init__()
+        if not isinstance(mixer, str):
+            raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
+        self.config = {
+            "mixer": mixer,
+            "num_layers": num_layers,
+            "d_model": d_model,
+            "d_ffn": d_ffn,
+            "nhead": nhead,
+            "mixer_kwargs": dict(mixer_kwargs or {}),
+            "dropout": dropout,
+            "kernel_size": kernel_size,
+            "layerdrop_prob": layerdrop_prob,
+            "sample_rate": sample_rate,
+            "n_fft": n_fft,
+            "n_mels": n_mels,
+            "hop_length": hop_length,
+            "cnn_channels": list(cnn_channels),
+        }
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.d_model = d_model
+        self.compute_features = Fbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length)
+        self.normalize = InputNormalization(norm_type="sentence")
+        self.front_end = ConvolutionFrontEnd(
+            input_shape=(None, None, n_mels),
+            num_blocks=2,
+            num_layers_per_block=1,
+            out_channels=tuple(cnn_channels),
+            kernel_sizes=(3, 3),
+            strides=(2, 2),
+            residuals=(False, False),
+        )
+        front_end_dim = cnn_channels[-1] * _ceil_div(_ceil_div(n_mels, 2), 2)
+        self.projection = nn.Linear(front_end_dim, d_model)
+        self.encoder = MixerConformerEncoder(
+            num_layers,
+            d_model,
+            d_ffn,
+            nhead,
+            mixer=mixer,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            layerdrop_prob=layerdrop_prob,
+            mixer_kwargs=mixer_kwargs,
+        )
+
+    def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
+
+        ``wav_lens`` are SpeechBrain's relative lengths (fraction of the padded length).
+        """
+        with torch.autocast(device_type=wavs.device.type, enabled=False):
+            feats = self.compute_features(wavs.float())
+            feats = self.normalize(feats, wav_lens.float())
+        # A row of n samples has 1 + n // hop frames (centred STFT): the ceiling of its share.
+        lengths = torch.ceil(wav_lens.float() * feats.shape[1] - 1e-3).long().clamp(1, feats.shape[1])
+        # Zero the padded frames, as the CNN's own padding is: its kernels then read the same
+        # values beside a short utterance whether it is alone or in a padded batch.
+        padding = torch.arange(feats.shape[1], device=feats.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        feats = feats.masked_fill(padding.unsqueeze(-1), 0.0)
+        pad = -feats.shape[1] % self.frames_per_token
+        return F.pad(feats, (0, 0, 0, pad)), lengths
+
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row."""
+        x = self.front_end(feats)  # (B, T/4, n_mels/4, C)
+        x = self.projection(x.flatten(start_dim=2))
+        token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
+        padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
+        self.encoder.output_hidden_states = output_hidden_states
+        out, hidden = self.encoder(x, padding_mask)
+        return EncoderOutput(out, hidden, padding_mask)
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False) -> EncoderOutput:
+        """Waveforms (B, S) with relative lengths (B,) to encoder frames."""
+        feats, lengths = self.features(wavs, wav_lens)
+        return self.encode(feats, lengths, output_hidden_states)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Writes the weights and the settings that rebuild this encoder into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / WEIGHTS_FILE
+        torch.save(self.state_dict(), weights.with_suffix(".tmp"))
+        weights.with_suffix(".tmp").replace(weights)  # never a half-written file under the real name
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SpeechEncoder:
+        """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
+        folder = Path(folder)
+        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} is not an exported encoder: missing {', '.join(missing)} "
+                f"(BEST-RQ pretraining writes them to <output_folder>/encoder/)"
+            )
+        encoder = cls(**json.loads((folder / CONFIG_FILE).read_text()))
+        encoder.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location))
+        return encoder
+
+
+@dataclass
+class BestRQOutput:
+    """Loss and masked-frame accuracy of one batch (accuracy averaged over codebooks)."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    num_masked: int
+
+
+class BestRQ(nn.Module):
+    """BEST-RQ pretraining: predict the quantized targets of masked frames.
+
+    Arguments
+    ---------
+    speech_encoder : SpeechEncoder
+        The network being pretrained.
+    cb_dim, cb_vocab, num_codebooks : int
+        Quantizer: projection width, codes per codebook, number of codebooks (one head each).
+    mask_prob : float
+        Probability for a frame to start a masked span (SpeechBrain's convention).
+    noise_std : float
+        Standard deviation of the noise that replaces masked frames.
+    per_utterance_mask : bool
+        Draw a mask per utterance (default) or one mask for the batch sized by its shortest
+        utterance (the paper).
+    quantizer_seed : int, optional
+        Seed of the quantizer's frozen projection and codebooks.
+
+    Example
+    -------
+    >>> model = BestRQ(SpeechEncoder("mamba", num_layers=1, d_model=32, d_ffn=64, nhead=1), cb_vocab=64)
+    >>> result = model(torch.randn(2, 8000), torch.tensor([1.0, 0.7]))
+    >>> result.loss.shape, result.num_masked > 0
+    (torch.Size([]), True)
+    """
+
+    def __init__(
+        self,
+        speech_encoder: SpeechEncoder,
+        cb_dim: int = 16,
+        cb_vocab: int = 8192,
+        num_codebooks: int = 1,
+        mask_prob: float = 0.15,
+        noise_std: float = 0.1,
+        per_utterance_mask: bool = True,
+        quantizer_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.speech_encoder = speech_encoder
+        stacked_dim = speech_encoder.n_mels * speech_encoder.frames_per_token
+        self.quantizer = RandomProjectionQuantizer(stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed)
+        self.heads = nn.ModuleList(nn.Linear(speech_encoder.d_model, cb_vocab) for _ in range(num_codebooks))
+        self.mask_prob = mask_prob
+        self.noise_std = noise_std
+        self.per_utterance_mask = per_utterance_mask
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> BestRQOutput:
+        """Waveforms (B, S) with relative lengths (B,) to the masked-prediction loss."""
+        span = self.speech_encoder.frames_per_token
+        feats, lengths = self.speech_encoder.features(wavs, wav_lens)
+        batch, frames, n_mels = feats.shape
+        targets = self.quantizer(feats.reshape(batch, frames // span, span * n_mels))  # (B, T', K)
+        mask = compute_span_mask(lengths, frames, self.mask_prob, span, self.per_utterance_mask)
+        noisy = apply_mask_noise(feats, mask, self.noise_std)
+        encoded = self.speech_encoder.encode(noisy, lengths).out
+        # Spans are aligned to whole encoder frames, so one fbank frame in four decides.
+        token_mask = mask[:, ::span]
+        selected = encoded[token_mask]  # (M, E): only masked frames reach the heads
+        selected_targets = targets[token_mask]  # (M, K)
+        losses, accuracies = [], []
+        for k, head in enumerate(self.heads):
+            logits = head(selected).float()
+            losses.append(F.cross_entropy(logits, selected_targets[:, k]))
+            accuracies.append((logits.argmax(dim=-1) == selected_targets[:, k]).float().mean())
+        return BestRQOutput(
+            loss=torch.stack(losses).mean(),
+            accuracy=torch.stack(accuracies).mean().detach(),
+            num_masked=int(selected.shape[0]),
+        )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

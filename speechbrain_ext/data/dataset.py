@@ -1,0 +1,107 @@
+"""SpeechBrain datasets of audio files from CSV manifests, with bad files left out up front."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from speechbrain_ext.data.audio import check_audio_files, summarize_problems
+
+logger = logging.getLogger(__name__)
+
+
+def read_manifests(csv_paths: Sequence[str | Path]) -> dict[str, dict]:
+    """Rows of one or more SpeechBrain CSVs (header with ``ID``), keyed by ID.
+
+    ``duration`` becomes a float; a repeated ID is an error naming both files.
+    """
+    data: dict[str, dict] = {}
+    origin: dict[str, Path] = {}
+    for path in map(Path, csv_paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest {path} does not exist (was the data preparation run?)")
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                utt_id = row.pop("ID")
+                if utt_id in data:
+                    raise ValueError(f"utterance {utt_id!r} is listed in both {origin[utt_id]} and {path}")
+                if "duration" in row:
+                    row["duration"] = float(row["duration"])
+                data[utt_id], origin[utt_id] = row, path
+    return data
+
+
+def audio_dataset(
+    csv_paths: Sequence[str | Path],
+    sample_rate: int,
+    min_duration: float = 0.0,
+    max_duration: float | None = None,
+    report_file: str | Path | None = None,
+    sort_by_duration: bool = False,
+) -> DynamicItemDataset:
+    """A ``DynamicItemDataset`` of the manifests' audio, giving ``id`` and ``sig`` (S,).
+
+    Every file is checked from its header first: missing, empty, unreadable, wrong-rate,
+    multi-channel, too short or too long files are left out, counted in the log and listed
+    in ``report_file``, so an epoch never meets them. ``duration`` is taken from the header.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_ext.data.librispeech import prepare_librispeech
+    >>> from speechbrain_ext.data.toy import write_toy_librispeech
+    >>> tmp = tempfile.mkdtemp()
+    >>> root = write_toy_librispeech(tmp, splits=("dev-clean",), speakers_per_split=1,
+    ...     chapters_per_speaker=1, utterances_per_chapter=2)
+    >>> csvs = prepare_librispeech(root, tmp, splits=("dev-clean",))
+    >>> data = audio_dataset([csvs["dev-clean"]], sample_rate=16000)
+    >>> len(data), data[0]["sig"].dim()
+    (2, 1)
+    """
+    data = read_manifests(csv_paths)
+    if not data:
+        raise ValueError(f"the manifests {[str(p) for p in csv_paths]} list no utterance")
+    ids = list(data)
+    checks = check_audio_files([data[i]["wav"] for i in ids], sample_rate, min_duration, max_duration)
+    problems = [problem for _, problem in checks if problem is not None]
+    for utt_id, (duration, problem) in zip(ids, checks):
+        if problem is None:
+            data[utt_id]["duration"] = duration
+        else:
+            del data[utt_id]
+    if problems:
+        logger.warning(
+            "left out %d of %d files of %s: %s%s",
+            len(problems),
+            len(ids),
+            ", ".join(Path(p).name for p in csv_paths),
+            summarize_problems(problems),
+            f" (listed in {report_file})" if report_file else "",
+        )
+        if report_file is not None:
+            Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(report_file, "a", encoding="utf-8") as handle:
+                handle.writelines(f"{p.path}\t{p.reason}\t{p.detail}\n" for p in problems)
+    if not data:
+        raise ValueError(f"no usable audio in {[str(p) for p in csv_paths]}: {summarize_problems(problems)}")
+    dataset = DynamicItemDataset(data)
+    if sort_by_duration:
+        dataset = dataset.filtered_sorted(sort_key="duration")
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def read_signal(wav: str) -> torch.Tensor:
+        try:
+            return sb.dataio.dataio.read_audio(wav)
+        except Exception as err:  # a file that changed or broke after the header check
+            raise RuntimeError(f"could not decode {wav}: {err}") from err
+
+    dataset.add_dynamic_item(read_signal)
+    dataset.set_output_keys(["id", "sig"])
+    return dataset
