@@ -24,6 +24,12 @@ class BestRQBrain(sb.Brain):
     ``optimizer_step_limit``, ``ckpt_interval_minutes``).
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # SpeechBrain 1.1.2 parses --optimizer_step_limit without a type (its default is None).
+        if isinstance(self.optimizer_step_limit, str):
+            self.optimizer_step_limit = int(self.optimizer_step_limit)
+
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
@@ -37,13 +43,15 @@ class BestRQBrain(sb.Brain):
     def on_fit_start(self):
         super().on_fit_start()  # restores the latest checkpoint, if any
         self.tensorboard = None
-        if getattr(self.hparams, "use_tensorboard", False) and if_main_process():
+        if getattr(self.hparams, "use_tensorboard", False):
             from speechbrain.utils.train_logger import TensorboardLogger
 
-            self.tensorboard = TensorboardLogger(self.hparams.tensorboard_folder)
+            self.tensorboard = TensorboardLogger(self.hparams.tensorboard_folder)  # writes on the main process
         if self.optimizer_step > 0:
             logger.info("resumed at optimizer step %d", self.optimizer_step)
-            self._log({"resumed at optimizer step": self.optimizer_step, "optimizer state": self.optimizer_digest()})
+            # As text: the logger would round a float to 3 digits.
+            digest = f"{self.optimizer_digest():.12g}"
+            self._log({"resumed at optimizer step": self.optimizer_step, "optimizer state": digest})
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
@@ -53,7 +61,7 @@ class BestRQBrain(sb.Brain):
             return
         self.hparams.lr_scheduler(self.optimizer)
         if self.optimizer_step % self.hparams.log_interval == 0:
-            stats = {"loss": self.avg_train_loss, "masked_accuracy": self.masked_accuracy()}
+            stats = {"loss": float(loss), "masked_accuracy": self.masked_accuracy()}
             self._log({"optimizer step": self.optimizer_step, "lr": self.learning_rate()}, stats)
             if self.tensorboard is not None:
                 self.tensorboard.log_stats({"step": self.optimizer_step}, train_stats=stats)
@@ -88,8 +96,9 @@ class BestRQBrain(sb.Brain):
         return optimizer_state_digest(self.optimizer.state_dict())
 
     def _log(self, meta, train_stats=None, valid_stats=None):
-        if if_main_process():
-            self.hparams.train_logger.log_stats(meta, train_stats=train_stats, valid_stats=valid_stats)
+        # Called on every process: SpeechBrain's loggers write on the main one and then
+        # broadcast, so a call on the main process alone would desynchronise DDP.
+        self.hparams.train_logger.log_stats(meta, train_stats=train_stats, valid_stats=valid_stats)
 
 
 def optimizer_state_digest(state_dict: dict) -> float:
@@ -119,6 +128,6 @@ def dynamic_batching(dataset, seconds_per_batch: float, num_buckets: int, num_wo
 
 def export_encoder(model, folder: str | Path) -> None:
     """Writes the pretrained ``SpeechEncoder`` of a BestRQ model for downstream recipes."""
-    if if_main_process():
+    if if_main_process():  # a plain file write: no collective inside
         model.speech_encoder.save_pretrained(folder)
         logger.info("encoder exported to %s", folder)

@@ -1,0 +1,158 @@
+"""The LibriSpeech BEST-RQ recipe run as a user runs it, on a toy corpus (slow: subprocesses)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import write_bad_audio
+
+from speechbrain_ext.bestrq import SpeechEncoder
+from speechbrain_ext.bestrq.brain import optimizer_state_digest
+from speechbrain_ext.data.toy import write_toy_librispeech
+from speechbrain_ext.mixers import MIXERS
+
+pytestmark = pytest.mark.slow
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ"
+TINY = [  # a model small enough for a few CPU steps per test
+    "--d_model=32", "--num_encoder_layers=1", "--d_ffn=64", "--nhead=4", "--cb_vocab=64",
+    "--precision=fp32", "--num_workers=0", "--seconds_per_batch=12", "--num_buckets=2",
+    "--grad_accumulation_factor=1", "--avoid_if_shorter_than=1.0", "--log_interval=1",
+    "--warmup_steps=10", "--lr=0.003", "--train_splits=[train-clean-100]", "--valid_splits=[dev-clean]",
+]
+SMALL_KWARGS = {"hypermixing": "{hypernet_size: 64}", "summarymixing": "{local_out: 32, summary_out: 32}"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_librispeech(root, splits=("train-clean-100", "dev-clean"), speakers_per_split=2,
+                          chapters_per_speaker=2, utterances_per_chapter=3, seed=3)
+    return root
+
+
+def command(mixer, data_folder, output_folder, *extra, launcher=(sys.executable,)):
+    """The recipe's command line: TINY settings, replaced or extended by ``extra`` ("--key=value")."""
+    options = dict(arg.split("=", 1) for arg in TINY)
+    if mixer in SMALL_KWARGS:
+        options["--mixer_kwargs"] = SMALL_KWARGS[mixer]
+    options.update(arg.split("=", 1) for arg in extra)
+    return [*launcher, str(RECIPE / "train.py"), str(RECIPE / "hparams" / "base" / f"{mixer}.yaml"),
+            f"--data_folder={data_folder}", f"--output_folder={output_folder}",
+            *(f"{key}={value}" for key, value in options.items())]
+
+
+def run(args, timeout=600):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def logged_steps(train_log):
+    """(optimizer step, loss, masked accuracy) of every step line of train_log.txt."""
+    pattern = r"^optimizer step: (\d+), lr: \S+ - train loss: (\S+), train masked_accuracy: (\S+)$"
+    return [(int(s), float(loss), float(acc)) for s, loss, acc in re.findall(pattern, train_log, re.M)]
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_recipe_end_to_end_for_every_mixer(mixer, corpus, tmp_path):
+    out = tmp_path / "out"
+    run(command(mixer, corpus, out, "--number_of_epochs=1", "--optimizer_step_limit=4"))
+    train_log = (out / "train_log.txt").read_text()
+    steps = logged_steps(train_log)
+    assert [s for s, _, _ in steps] == [1, 2, 3, 4]
+    assert "valid loss" in train_log and "valid masked_accuracy" in train_log
+    encoder = SpeechEncoder.from_pretrained(out / "encoder")
+    assert encoder.config["mixer"] == mixer and encoder.config["d_model"] == 32
+    assert encoder(torch.randn(1, 16000), torch.ones(1)).out.shape == (1, 26, 32)  # 101 fbank frames / 4
+
+
+def test_short_run_learns_above_chance(corpus, tmp_path):
+    out = tmp_path / "out"
+    run(command("summarymixing", corpus, out, "--number_of_epochs=3", "--seed=7", "--d_model=64",
+                "--num_encoder_layers=2", "--d_ffn=128", "--cb_vocab=512",
+                "--mixer_kwargs={local_out: 64, summary_out: 64}"))
+    train_log = (out / "train_log.txt").read_text()
+    losses = [loss for _, loss, _ in logged_steps(train_log)]
+    assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:5]) / 5
+    valid_losses = [float(v) for v in re.findall(r"valid loss: ([^,\s]+)", train_log)]
+    assert len(valid_losses) == 3 and valid_losses[-1] < valid_losses[0]
+    valid_accuracy = float(re.findall(r"valid masked_accuracy: (\S+)", train_log)[-1])
+    assert valid_accuracy > 25 / 512  # 25x chance (1/512 with this codebook; 1/8192 in the paper)
+
+
+def latest_checkpoint(save_folder):
+    complete = [c for c in save_folder.glob("CKPT+*") if (c / "CKPT.yaml").is_file() and (c / "brain.ckpt").is_file()]
+    return max(complete, key=lambda c: c.stat().st_mtime) if complete else None
+
+
+def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path):
+    out = tmp_path / "out"
+    args = command("fastformer", corpus, out, "--number_of_epochs=50", "--ckpt_interval_minutes=0",
+                   "--ckpt_interval_steps=3")
+    process = subprocess.Popen(args + ["--optimizer_step_limit=1000"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            ckpt = latest_checkpoint(out / "save")
+            if ckpt is not None and yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"] >= 6:
+                break
+            assert process.poll() is None, "training stopped before it could be killed"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    ckpt = latest_checkpoint(out / "save")
+    saved_step = yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"]
+    saved_digest = optimizer_state_digest(torch.load(ckpt / "optimizer.ckpt"))
+    killed_at = max(s for s, _, _ in logged_steps((out / "train_log.txt").read_text()))
+    assert killed_at >= saved_step >= 6
+
+    run(args + [f"--optimizer_step_limit={saved_step + 4}"])
+    train_log = (out / "train_log.txt").read_text()
+    resumed = re.search(r"resumed at optimizer step: (\d+), optimizer state: (\S+)", train_log)
+    assert resumed, train_log
+    assert int(resumed.group(1)) == saved_step
+    assert float(resumed.group(2)) == pytest.approx(saved_digest, rel=1e-6)
+    after = [s for s, _, _ in logged_steps(train_log.split(resumed.group(0))[1])]
+    assert after == list(range(saved_step + 1, saved_step + 5))
+    assert (out / "encoder" / "encoder.ckpt").is_file()
+
+
+def test_two_process_ddp_on_cpu(corpus, tmp_path):
+    out = tmp_path / "out"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533")
+    run(command("mamba", corpus, out, "--number_of_epochs=1", "--optimizer_step_limit=3",
+                "--distributed_backend=gloo", launcher=launcher))
+    train_log = (out / "train_log.txt").read_text()
+    assert [s for s, _, _ in logged_steps(train_log)] == [1, 2, 3]
+    assert (out / "encoder" / "encoder.ckpt").is_file()
+    assert len(list((out / "save").glob("CKPT+*"))) == 1
+
+
+def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    chapter = sorted((data / "LibriSpeech" / "train-clean-100").glob("*/*"))[0]
+    prefix = f"{chapter.parent.name}-{chapter.name}"
+    bad = write_bad_audio(chapter, prefix)
+    transcript = chapter / f"{prefix}.trans.txt"
+    transcript.write_text(transcript.read_text() + "".join(f"{Path(p).stem} SOME WORDS\n" for p in bad))
+    out = tmp_path / "out"
+    result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--optimizer_step_limit=3"))
+    skipped = (out / "prepare_librispeech_skipped.txt").read_text()
+    assert all(Path(path).name in skipped for path in bad)
+    assert "skipped 5 file(s)" in result.stdout + result.stderr
+    assert [s for s, _, _ in logged_steps((out / "train_log.txt").read_text())] == [1, 2, 3]
