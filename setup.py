@@ -23,6 +23,6 @@ setup(
     extras_require={
         # Compiles CUDA kernels from source: only on a CUDA machine.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
+        "dev": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"],
     },
 )

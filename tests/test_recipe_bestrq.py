@@ -151,8 +151,10 @@ def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_pa
     transcript = chapter / f"{prefix}.trans.txt"
     transcript.write_text(transcript.read_text() + "".join(f"{Path(p).stem} SOME WORDS\n" for p in bad))
     out = tmp_path / "out"
-    result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--optimizer_step_limit=3"))
+    result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--optimizer_step_limit=3",
+                         "--use_tensorboard=True"))
     skipped = (out / "prepare_librispeech_skipped.txt").read_text()
     assert all(Path(path).name in skipped for path in bad)
     assert "skipped 5 file(s)" in result.stdout + result.stderr
     assert [s for s, _, _ in logged_steps((out / "train_log.txt").read_text())] == [1, 2, 3]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

@@ -61,7 +61,7 @@ class BestRQBrain(sb.Brain):
             return
         self.hparams.lr_scheduler(self.optimizer)
         if self.optimizer_step % self.hparams.log_interval == 0:
-            stats = {"loss": float(loss), "masked_accuracy": self.masked_accuracy()}
+            stats = {"loss": float(loss.detach()), "masked_accuracy": self.masked_accuracy()}
             self._log({"optimizer step": self.optimizer_step, "lr": self.learning_rate()}, stats)
             if self.tensorboard is not None:
                 self.tensorboard.log_stats({"step": self.optimizer_step}, train_stats=stats)
