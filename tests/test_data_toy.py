@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechbrain_ext.data.toy import (
-    VOCABULARY,
-    ToyProsody,
-    random_words,
-    synthesize_utterance,
-    toy_speaker,
-    write_toy_librispeech,
-)
+from speechbrain_ext.data.synth import VOCABULARY, ToyProsody, random_words, synthesize_utterance, toy_speaker
+from speechbrain_ext.data.toy import write_toy_librispeech
 
 SPLITS = ("train-clean-100", "dev-clean")
 SIZES = {"speakers_per_split": 2, "chapters_per_speaker": 2, "utterances_per_chapter": 3}
