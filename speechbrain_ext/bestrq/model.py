@@ -186,9 +186,9 @@ class SpeechEncoder(nn.Module):
         (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
         return folder
 
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SpeechEncoder:
-        """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
+    @staticmethod
+    def read_config(folder: str | Path) -> dict:
+        """The settings saved with an exported encoder; a clear error if the folder is not one."""
         folder = Path(folder)
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
         if missing:
@@ -196,8 +196,13 @@ class SpeechEncoder(nn.Module):
                 f"{folder} is not an exported encoder: missing {', '.join(missing)} "
                 f"(BEST-RQ pretraining writes them to <output_folder>/encoder/)"
             )
-        encoder = cls(**json.loads((folder / CONFIG_FILE).read_text()))
-        encoder.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location=map_location))
+        return json.loads((folder / CONFIG_FILE).read_text())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SpeechEncoder:
+        """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
+        encoder = cls(**cls.read_config(folder))
+        encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
         return encoder
 
 

@@ -29,9 +29,11 @@ class AudioProblem:
 
 
 def check_audio(
-    path: str, sample_rate: int, min_duration: float = 0.0, max_duration: float | None = None
+    path: str, sample_rate: int | None, min_duration: float = 0.0, max_duration: float | None = None
 ) -> tuple[float, AudioProblem | None]:
     """Duration in seconds of one file from its header, and the problem with it (None if fine).
+
+    ``sample_rate`` None accepts any rate (for audio that is resampled when read).
 
     Reasons: ``missing_audio``, ``empty``, ``unreadable``, ``wrong_sample_rate``, ``not_mono``,
     ``too_short``, ``too_long``.
@@ -52,7 +54,7 @@ def check_audio(
     if info.frames <= 0:
         return 0.0, AudioProblem(path, "empty", "0 frames")
     duration = info.frames / info.samplerate
-    if info.samplerate != sample_rate:
+    if sample_rate is not None and info.samplerate != sample_rate:
         return duration, AudioProblem(path, "wrong_sample_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz")
     if info.channels != 1:
         return duration, AudioProblem(path, "not_mono", f"{info.channels} channels")
@@ -64,7 +66,7 @@ def check_audio(
 
 
 def check_audio_files(
-    paths: Iterable[str], sample_rate: int, min_duration: float = 0.0, max_duration: float | None = None
+    paths: Iterable[str], sample_rate: int | None, min_duration: float = 0.0, max_duration: float | None = None
 ) -> list[tuple[float, AudioProblem | None]]:
     """:func:`check_audio` over many files, in order; header reads overlap on a few threads."""
     with ThreadPoolExecutor(max_workers=8) as pool:

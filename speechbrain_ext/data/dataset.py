@@ -7,8 +7,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import soundfile as sf
 import speechbrain as sb
 import torch
+import torchaudio
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_ext.data.audio import check_audio_files, summarize_problems
@@ -44,12 +46,15 @@ def audio_dataset(
     max_duration: float | None = None,
     report_file: str | Path | None = None,
     sort_by_duration: bool = False,
+    resample: bool = False,
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` of the manifests' audio, giving ``id`` and ``sig`` (S,).
 
     Every file is checked from its header first: missing, empty, unreadable, wrong-rate,
     multi-channel, too short or too long files are left out, counted in the log and listed
     in ``report_file``, so an epoch never meets them. ``duration`` is taken from the header.
+    With ``resample``, files of any rate are accepted and resampled to ``sample_rate`` when read
+    (Common Voice's 48 kHz MP3, say).
 
     Example
     -------
@@ -68,7 +73,9 @@ def audio_dataset(
     if not data:
         raise ValueError(f"the manifests {[str(p) for p in csv_paths]} list no utterance")
     ids = list(data)
-    checks = check_audio_files([data[i]["wav"] for i in ids], sample_rate, min_duration, max_duration)
+    checks = check_audio_files(
+        [data[i]["wav"] for i in ids], None if resample else sample_rate, min_duration, max_duration
+    )
     problems = [problem for _, problem in checks if problem is not None]
     for utt_id, (duration, problem) in zip(ids, checks):
         if problem is None:
@@ -98,6 +105,10 @@ def audio_dataset(
     @sb.utils.data_pipeline.provides("sig")
     def read_signal(wav: str) -> torch.Tensor:
         try:
+            if resample:
+                audio, rate = sf.read(wav, dtype="float32", always_2d=True)
+                signal = torch.from_numpy(audio[:, 0])
+                return torchaudio.functional.resample(signal, rate, sample_rate) if rate != sample_rate else signal
             return sb.dataio.dataio.read_audio(wav)
         except Exception as err:  # a file that changed or broke after the header check
             raise RuntimeError(f"could not decode {wav}: {err}") from err

@@ -1,0 +1,190 @@
+"""Training loops of the MP3S downstream tasks: CTC ASR, utterance classification, speaker verification.
+
+All share MP3S's optimisation: Adam for the head, a separate Adam (higher rate) for the layer
+weights, each annealed by NewBob on the validation error; the encoder stays frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.nnet.losses import AdditiveAngularMargin
+from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.utils.metric_stats import EER, ErrorRateStats
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class AngularMarginLoss(nn.Module):
+    """Additive angular margin softmax (ArcFace) on cosine scores (B, C) and labels (B,)."""
+
+    def __init__(self, margin: float = 0.2, scale: float = 30.0) -> None:
+        super().__init__()
+        self.margin = AdditiveAngularMargin(margin=margin, scale=scale)
+
+    def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.margin(scores, F.one_hot(labels, scores.shape[-1]).to(scores.dtype))
+        return F.cross_entropy(logits, labels)
+
+
+class DownstreamBrain(sb.Brain):
+    """A head trained on the weighted layers of a frozen encoder.
+
+    modules: ``ssl`` (``WeightedEncoderFeatures``) and ``head``. hparams: ``model_opt_class``,
+    ``weights_opt_class``, ``lr_annealing_model``, ``lr_annealing_weights``, ``train_logger``.
+    Subclasses set ``error_key`` (the validation error that anneals the rates and picks the
+    best checkpoint) and fill ``stage_metrics``.
+    """
+
+    error_key = "error"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.checkpointer is not None:
+            # The frozen encoder is not checkpointed, only what trains.
+            self.checkpointer.add_recoverable("layer_weights", self.modules.ssl.weighted)
+
+    def init_optimizers(self):
+        self.model_optimizer = self.hparams.model_opt_class(self.modules.head.parameters())
+        self.weights_optimizer = self.hparams.weights_opt_class(self.modules.ssl.weighted.parameters())
+        self.optimizers_dict = {"model_optimizer": self.model_optimizer, "weights_optimizer": self.weights_optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("model_optimizer", self.model_optimizer)
+            self.checkpointer.add_recoverable("weights_optimizer", self.weights_optimizer)
+
+    def features(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        wavs, wav_lens = batch.sig
+        return self.modules.ssl(wavs.to(self.device), wav_lens.to(self.device))
+
+    def stage_metrics(self, stage) -> dict:
+        return {}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss, **self.stage_metrics(stage)}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+        elif stage == sb.Stage.VALID:
+            error = stats[self.error_key]
+            lr_model, new_lr_model = self.hparams.lr_annealing_model(error)
+            lr_weights, new_lr_weights = self.hparams.lr_annealing_weights(error)
+            update_learning_rate(self.model_optimizer, new_lr_model)
+            update_learning_rate(self.weights_optimizer, new_lr_weights)
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr_model": lr_model, "lr_weights": lr_weights},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta={self.error_key: error}, min_keys=[self.error_key])
+        else:
+            self.test_stats = stats
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+
+
+class CTCBrain(DownstreamBrain):
+    """Character CTC ASR: greedy decoding, WER and CER.
+
+    hparams: ``label_encoder`` (``CTCTextEncoder``), ``blank_index``.
+    """
+
+    error_key = "WER"
+
+    def compute_forward(self, batch, stage):
+        feats, lengths = self.features(batch)
+        return self.modules.head(feats, lengths).log_softmax(dim=-1), lengths
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, lengths = predictions
+        tokens, token_lens = batch.tokens
+        tokens, token_lens = tokens.to(self.device), token_lens.to(self.device)
+        loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lengths, token_lens, blank_index=self.hparams.blank_index)
+        if stage != sb.Stage.TRAIN:
+            hyps = sb.decoders.ctc_greedy_decode(log_probs, lengths, blank_id=self.hparams.blank_index)
+            # Outputs beyond the symbols seen in training (the head is sized in the YAML) read as nothing.
+            symbols = self.hparams.label_encoder.ind2lab
+            words = ["".join(symbols.get(int(i), "") for i in hyp).split() for hyp in hyps]
+            targets = [text.split() for text in batch.wrd]
+            self.wer.append(batch.id, words, targets)
+            self.cer.append(batch.id, words, targets)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.wer = ErrorRateStats()
+        self.cer = ErrorRateStats(split_tokens=True)
+
+    def stage_metrics(self, stage) -> dict:
+        if stage == sb.Stage.TRAIN:
+            return {}
+        return {"WER": self.wer.summarize("error_rate"), "CER": self.cer.summarize("error_rate")}
+
+
+class ClassificationBrain(DownstreamBrain):
+    """One label per utterance (emotion, intent scenario, speaker): accuracy.
+
+    hparams: ``compute_cost`` (cross-entropy or ``AngularMarginLoss``) on the head's scores.
+    Batches carry ``label`` (B, 1) from a ``CategoricalEncoder``.
+    """
+
+    error_key = "error"
+
+    def compute_forward(self, batch, stage):
+        feats, lengths = self.features(batch)
+        return self.modules.head(feats, lengths)
+
+    def compute_objectives(self, scores, batch, stage):
+        labels = batch.label.data.to(self.device).view(-1)
+        if stage != sb.Stage.TRAIN:
+            self.correct += int((scores.argmax(dim=-1) == labels).sum())
+            self.total += labels.numel()
+        return self.hparams.compute_cost(scores, labels)
+
+    def on_stage_start(self, stage, epoch=None):
+        self.correct, self.total = 0, 0
+
+    def stage_metrics(self, stage) -> dict:
+        if stage == sb.Stage.TRAIN:
+            return {}
+        accuracy = self.correct / max(self.total, 1)
+        return {"accuracy": accuracy, "error": 1.0 - accuracy}
+
+
+class VerificationBrain(ClassificationBrain):
+    """Speaker classification training, then verification by cosine scoring of embeddings."""
+
+    @torch.no_grad()
+    def embeddings(self, dataset, loader_kwargs: dict) -> dict[str, torch.Tensor]:
+        """Normalised utterance embeddings of every item of ``dataset``, by ID."""
+        self.modules.eval()
+        loader = sb.dataio.dataloader.make_dataloader(dataset, **loader_kwargs)
+        out = {}
+        for batch in loader:
+            feats, lengths = self.features(batch)
+            vectors = F.normalize(self.modules.head.embed(feats, lengths), dim=-1)
+            out.update(zip(batch.id, vectors.cpu()))
+        return out
+
+    def verify(self, dataset, trials: list[tuple[int, str, str]], loader_kwargs: dict) -> float:
+        """Equal error rate over ``trials`` (label, enrol ID, test ID) with cosine scores."""
+        vectors = self.embeddings(dataset, loader_kwargs)
+        scores = {1: [], 0: []}
+        for label, enrol, test in trials:
+            scores[label].append(float(vectors[enrol] @ vectors[test]))
+        if not scores[1] or not scores[0]:
+            raise ValueError("verification needs positive and negative trials")
+        eer, _ = EER(torch.tensor(scores[1]), torch.tensor(scores[0]))
+        return float(eer)
+
+
+def write_results(path: str | Path, rows: list[dict]) -> Path:
+    """Writes the task's results (one dict per metric) as JSON for the suite to collect."""
+    path = Path(path)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    logger.info("results written to %s", path)
+    return path

@@ -1,0 +1,106 @@
+"""Light downstream heads of the MP3S benchmark on top of weighted encoder layers.
+
+Every head takes frames ``x`` (B, T, E) and relative lengths (B,) and returns scores:
+``FrameHead`` per frame (B, T, C) for CTC; ``PooledHead`` and ``EmbeddingHead`` per utterance (B, C).
+The networks inside are SpeechBrain's (LSTM, ContextNet, ECAPA-TDNN, x-vector, Classifier).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _run(module: nn.Module | None, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Runs a SpeechBrain sequence module; recurrent ones take lengths and return (out, state)."""
+    if module is None:
+        return x
+    if "lengths" in module.forward.__code__.co_varnames:
+        out = module(x, lengths=lengths)
+    else:
+        out = module(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, T) True on valid frames, from SpeechBrain's relative lengths."""
+    counts = torch.round(lengths * max_len).clamp(min=1)
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < counts.unsqueeze(1)
+
+
+class FrameHead(nn.Module):
+    """A sequence network (BiLSTM, ContextNet, or none for a linear head) and a linear output per frame.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.RNN import LSTM
+    >>> head = FrameHead(LSTM(hidden_size=16, input_shape=(None, None, 8), bidirectional=True), 32, 5)
+    >>> head(torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 10, 5])
+    """
+
+    def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.output = nn.Linear(encoder_dim, num_outputs)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.output(_run(self.encoder, x, lengths))
+
+
+class PooledHead(nn.Module):
+    """An optional sequence network, mean pooling over valid frames, then a linear classifier.
+
+    Example
+    -------
+    >>> head = PooledHead(None, 8, 4)
+    >>> head(torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int, bias: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.output = nn.Linear(encoder_dim, num_outputs, bias=bias)
+
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean of the (encoded) valid frames: (B, E)."""
+        x = _run(self.encoder, x, lengths)
+        valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+        return (x * valid).sum(dim=1) / valid.sum(dim=1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.output(self.embed(x, lengths))
+
+
+class EmbeddingHead(nn.Module):
+    """A speaker-embedding network (ECAPA-TDNN, x-vector) and SpeechBrain's cosine classifier.
+
+    Scores are cosine similarities to one learned vector per class, for an additive angular
+    margin loss; ``embed`` gives the utterance embedding used for verification.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
+    >>> ecapa = ECAPA_TDNN(8, channels=[16, 16, 16, 16, 48], lin_neurons=12)
+    >>> head = EmbeddingHead(ecapa, Classifier(12, out_neurons=3))
+    >>> head(torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, embedding_model: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.embedding_model = embedding_model
+        self.classifier = classifier
+
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) -> (B, D) utterance embeddings."""
+        return self.embedding_model(x, lengths).squeeze(1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x, lengths).unsqueeze(1)).squeeze(1)
+
+
+def unit_strides(num_blocks: int) -> list[int]:
+    """Stride 1 for every ContextNet block: the encoder's 40 ms frame rate is kept."""
+    return [1] * num_blocks
