@@ -36,18 +36,21 @@ class Splits:
 
 
 def _datasets(hparams: dict, csvs: dict[str, Path], names: list[str], resample: bool = False) -> list:
-    """Audio datasets of the prepared manifests ``names`` (bad files left out and listed)."""
+    """Audio datasets of the prepared manifests ``names``, the training split first.
+
+    Bad files are left out and listed; ``max_duration`` (if set) applies to the training split only.
+    """
     return [
         audio_dataset(
             [csvs[name]],
             hparams["sample_rate"],
             hparams.get("min_duration", 0.0),
-            hparams.get("max_duration") if name == "train" or name in hparams.get("train_splits", []) else None,
+            hparams.get("max_duration") if position == 0 else None,
             report_file=Path(hparams["output_folder"]) / "skipped_audio.txt",
             sort_by_duration=True,  # MP3S sorts ascending: less padding, shorter epochs first
             resample=resample,
         )
-        for name in names
+        for position, name in enumerate(names)
     ]
 
 
@@ -150,8 +153,7 @@ def prepare_voxceleb_sv(hparams: dict) -> Splits:
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"]}
     run_on_main(prepare_voxceleb1, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
     csvs = prepare_voxceleb1(**kwargs, skip_prep=True)
-    train, valid = _datasets(hparams, csvs, ["train", "valid"])
-    (test,) = _datasets(hparams, csvs, ["test"])
+    train, valid, test = _datasets(hparams, csvs, ["train", "valid", "test"])
     _add_labels(hparams, [train, valid], train, "spk_id")
     sb.dataio.dataset.set_output_keys([test], ["id", "sig"])
     kept = {test[i]["id"] for i in range(len(test))}  # trials of skipped audio cannot be scored

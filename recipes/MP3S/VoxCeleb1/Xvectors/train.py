@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""MP3S VoxCeleb1 with an x-vector head on a frozen BEST-RQ encoder.
+
+    python train.py hparams/Xvectors.yaml --ssl_folder=<pretraining output>/encoder --data_folder=<corpus>
+"""
+
+from speechbrain_ext.mp3s.tasks import main
+
+if __name__ == "__main__":
+    main("VoxCeleb1")
