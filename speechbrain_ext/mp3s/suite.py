@@ -111,7 +111,7 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
 
 
 def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], output: Path, extra: list[str],
-              quick: bool = False) -> list[dict]:
+              quick: bool = False, task_overrides: dict[str, list[str]] | None = None) -> list[dict]:
     """Every recipe with data, for every encoder; writes the tables (and the plot) into ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -119,7 +119,7 @@ def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], outp
         for recipe in RECIPES:
             for tag, folder in data.get(recipe.task, []):
                 name = f"enc{index}-{recipe.task}{'-' + tag if tag else ''}-{recipe.head}"
-                options = [*extra, *(recipe.quick if quick else ())]
+                options = [*extra, *(recipe.quick if quick else ()), *(task_overrides or {}).get(recipe.task, [])]
                 for row in run_recipe(recipe, encoder, folder, output / name, options):
                     row["task"] = f"{row['task']} ({tag})" if tag else row["task"]
                     rows.append(row)
@@ -140,7 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("mp3s_results"))
     parser.add_argument("--epochs", type=int, help="override number_of_epochs of every recipe")
     parser.add_argument("--quick", action="store_true", help="small heads, for toy data and smoke tests")
+    parser.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                        help="override one YAML key of a task's recipes, e.g. VoxCeleb1.num_classes=40")
     args = parser.parse_args(argv)
+    task_overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        task, _, assignment = item.partition(".")
+        if "=" not in assignment:
+            parser.error(f"--set expects TASK.KEY=VALUE, got {item!r}")
+        task_overrides.setdefault(task, []).append(f"--{assignment}")
     data = {task: [("", folder)] for task, folder in (("LibriSpeech", args.librispeech), ("VoxCeleb1", args.voxceleb1),
                                                       ("IEMOCAP", args.iemocap), ("SLURP", args.slurp)) if folder}
     if args.commonvoice:
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     if not data:
         parser.error("give at least one data folder (--librispeech, --commonvoice, --voxceleb1, --iemocap, --slurp)")
     extra = [f"--number_of_epochs={args.epochs}"] if args.epochs else []
-    rows = run_suite(args.encoder, data, args.output, extra, quick=args.quick)
+    rows = run_suite(args.encoder, data, args.output, extra, quick=args.quick, task_overrides=task_overrides)
     print((args.output / "results.md").read_text())
     print(f"{len(rows)} results in {args.output}")
 
