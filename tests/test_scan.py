@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from conftest import LargestTensor
 
 from speechbrain_ext.mixers import BidirectionalMamba, MambaBlock
 from speechbrain_ext.mixers.mamba import reverse_valid_frames
-from speechbrain_ext.mixers.scan import linear_recurrence, selective_scan, selective_scan_ref
+from speechbrain_ext.mixers.scan import selective_scan, selective_scan_ref
 
 
 def scan_inputs(batch=2, channels=6, states=4, length=37, dtype=torch.float64):
@@ -23,10 +24,15 @@ def scan_inputs(batch=2, channels=6, states=4, length=37, dtype=torch.float64):
     return {name: t.to(dtype).requires_grad_() for name, t in tensors.items()}
 
 
-def test_linear_recurrence_gradcheck():
-    a = torch.rand(9, 2, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(linear_recurrence, (a, b))
+def test_chunked_scan_gradcheck():
+    """float64 gradcheck of the chunked autograd function (through selective_scan), 3 chunks of 3."""
+    inputs = scan_inputs(batch=2, channels=3, states=2, length=8)
+    names = list(inputs)
+
+    def scan(*tensors):
+        return selective_scan(**dict(zip(names, tensors)), delta_softplus=True, chunk_size=3)
+
+    assert torch.autograd.gradcheck(scan, tuple(inputs.values()))
 
 
 @pytest.mark.parametrize("length", [1, 2, 37])
@@ -41,6 +47,36 @@ def test_scan_matches_reference_forward_and_backward(length):
     (ref * upstream).sum().backward()
     for name in fast_inputs:
         torch.testing.assert_close(fast_inputs[name].grad, ref_inputs[name].grad, atol=1e-9, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("length, chunk_size", [(130, 16), (257, 16), (64, 16), (5, 1)])
+def test_chunked_scan_matches_reference_across_chunks(length, chunk_size):
+    """Lengths that are and are not multiples of the chunk, over many chunks, forward and backward."""
+    fast_inputs = scan_inputs(length=length)
+    ref_inputs = {k: v.detach().clone().requires_grad_() for k, v in fast_inputs.items()}
+    fast = selective_scan(**fast_inputs, delta_softplus=True, chunk_size=chunk_size)
+    ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
+    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
+    upstream = torch.randn_like(fast)
+    (fast * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    for name in fast_inputs:
+        torch.testing.assert_close(fast_inputs[name].grad, ref_inputs[name].grad, atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_scan_never_builds_states_of_every_step():
+    """No (B, D, N, L)-sized tensor in forward or backward: only chunks and chunk boundaries."""
+    batch, channels, states, length = 2, 8, 4, 512
+    inputs = scan_inputs(batch=batch, channels=channels, states=states, length=length, dtype=torch.float32)
+    with LargestTensor() as recorder:
+        selective_scan(**inputs, delta_softplus=True, chunk_size=16).sum().backward()
+    assert recorder.numel <= batch * channels * length, (recorder.numel, recorder.op)
+
+
+def test_scan_rejects_a_chunk_size_below_one():
+    inputs = scan_inputs(length=4)
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
+        selective_scan(**inputs, chunk_size=0)
 
 
 def test_scan_float32_close_to_float64_reference():
