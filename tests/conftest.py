@@ -61,3 +61,22 @@ def write_bad_audio(directory, prefix: str) -> dict:
 
 
 BAD_AUDIO = ("empty", "unreadable", "too_short", "wrong_sample_rate", "not_mono")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README's demo, run once as a user runs it: BEST-RQ on the toy corpus (summarymixing).
+
+    Its exported encoder is the pretrained encoder of the MP3S tests.
+    """
+    import subprocess
+    import sys
+
+    output = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "speechbrain_ext.demo", "--mixer", "summarymixing", "--epochs", "4",
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result.stdout

@@ -162,6 +162,8 @@ class VerificationBrain(ClassificationBrain):
     def embeddings(self, dataset, loader_kwargs: dict) -> dict[str, torch.Tensor]:
         """Normalised utterance embeddings of every item of ``dataset``, by ID."""
         self.modules.eval()
+        # Brain.evaluate writes its checkpoint prefix into the options it is given: not a loader option.
+        loader_kwargs = {key: value for key, value in loader_kwargs.items() if key != "ckpt_prefix"}
         loader = sb.dataio.dataloader.make_dataloader(dataset, **loader_kwargs)
         out = {}
         for batch in loader:

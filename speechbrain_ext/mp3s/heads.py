@@ -49,7 +49,24 @@ class FrameHead(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """An optional sequence network, mean pooling over valid frames, then a linear classifier.
+    """An optional sequence network, statistics pooling over valid frames, then a linear classifier.
+
+    Arguments
+    ---------
+    encoder : nn.Module or None
+        Sequence network before pooling (e.g. a BiLSTM), or None.
+    encoder_dim : int
+        Width of the frames that are pooled.
+    num_outputs : int
+        Number of classes.
+    pool_std : bool
+        Pool the standard deviation with the mean (statistics pooling), as well as the mean alone.
+    normalize : bool
+        Standardise the pooled vector with batch statistics (BatchNorm, no affine) before the
+        classifier: pooled layer-normalised frames vary little between utterances, and without it
+        a linear classifier learns slowly.
+    bias : bool
+        Bias of the linear classifier.
 
     Example
     -------
@@ -58,19 +75,35 @@ class PooledHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int, bias: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module | None,
+        encoder_dim: int,
+        num_outputs: int,
+        pool_std: bool = True,
+        normalize: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.output = nn.Linear(encoder_dim, num_outputs, bias=bias)
+        self.pool_std = pool_std
+        pooled_dim = encoder_dim * (2 if pool_std else 1)
+        self.norm = nn.BatchNorm1d(pooled_dim, affine=False) if normalize else nn.Identity()
+        self.output = nn.Linear(pooled_dim, num_outputs, bias=bias)
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Mean of the (encoded) valid frames: (B, E)."""
+        """Mean (and standard deviation) of the (encoded) valid frames: (B, E) or (B, 2E)."""
         x = _run(self.encoder, x, lengths)
         valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-        return (x * valid).sum(dim=1) / valid.sum(dim=1)
+        count = valid.sum(dim=1)
+        mean = (x * valid).sum(dim=1) / count
+        if not self.pool_std:
+            return mean
+        variance = ((x - mean.unsqueeze(1)).pow(2) * valid).sum(dim=1) / count
+        return torch.cat([mean, variance.clamp(min=1e-8).sqrt()], dim=-1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.output(self.embed(x, lengths))
+        return self.output(self.norm(self.embed(x, lengths)))
 
 
 class EmbeddingHead(nn.Module):

@@ -207,7 +207,9 @@ def run(task_key: str, argv: list[str]) -> list[dict]:
         brain.evaluate(dataset, min_key=error_key, test_loader_kwargs=hparams["test_dataloader_opts"])
         values[name] = {metric: brain.test_stats[metric] for metric in task.metrics}
     if splits.trials:
-        brain.checkpointer.recover_if_possible(min_key=error_key)
+        # Speaker accuracy on held-out utterances of the training speakers, then verification.
+        brain.evaluate(splits.valid, min_key=error_key, test_loader_kwargs=hparams["test_dataloader_opts"])
+        values["valid"] = {"accuracy": brain.test_stats["accuracy"]}
         eer = brain.verify(splits.verification, splits.trials, hparams["test_dataloader_opts"])
         values["veri_test2"] = {"EER": eer}
         hparams["train_logger"].log_stats({"verification trials": len(splits.trials)}, test_stats={"EER": eer})

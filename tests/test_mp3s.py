@@ -1,0 +1,127 @@
+"""MP3S: frozen encoder loading, layer weights, and every recipe end to end on toy corpora."""
+
+import json
+
+import pytest
+import torch
+from conftest import SMALL_MIXER_KWARGS, write_bad_audio
+
+from speechbrain_ext.bestrq import SpeechEncoder
+from speechbrain_ext.data import toy
+from speechbrain_ext.downstream import FrozenEncoder, WeightedEncoderFeatures, WeightedLayerSum
+from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.mp3s.suite import RECIPES, plot_comparison, run_recipe, write_tables
+
+
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_frozen_encoder_loads_every_mixer_and_stays_frozen(mixer, tmp_path):
+    SpeechEncoder(mixer, num_layers=2, d_model=32, d_ffn=64, nhead=4,
+                  mixer_kwargs=SMALL_MIXER_KWARGS[mixer]).save_pretrained(tmp_path)
+    features = WeightedEncoderFeatures.from_pretrained(tmp_path)
+    features.train()  # a parent in training mode must not unfreeze the encoder
+    assert not features.encoder.encoder.training
+    trainable = [name for name, p in features.named_parameters() if p.requires_grad]
+    assert trainable == ["weighted.weights"]
+    feats, lengths = features(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    feats.sum().backward()
+    assert features.weighted.weights.grad is not None
+    assert all(p.grad is None for p in features.encoder.parameters())
+    assert feats.shape == (2, 26, 32) and lengths[0] == 1.0
+
+
+def test_frozen_encoder_refuses_a_folder_that_is_not_an_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an exported encoder"):
+        FrozenEncoder.from_pretrained(tmp_path)
+
+
+def test_weighted_layer_sum_starts_equal_and_checks_layers():
+    weighted = WeightedLayerSum(4)
+    assert weighted.layer_weights() == pytest.approx([0.25] * 4)
+    hidden = torch.randn(4, 2, 5, 3)
+    torch.testing.assert_close(weighted(hidden), hidden.mean(dim=0))
+    assert WeightedLayerSum(4, layernorm=True)(hidden * 100).abs().max() < 10
+    with pytest.raises(ValueError, match="4 weights but got 3 layers"):
+        weighted(hidden[:3])
+
+
+@pytest.fixture(scope="module")
+def encoder(demo_run):
+    """The encoder the demo pretrained: with a random encoder the toy emotions are not learnable."""
+    return demo_run[0] / "summarymixing" / "encoder"
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    return {
+        "LibriSpeech": toy.write_toy_librispeech(
+            root / "ls", splits=("train-clean-100", "dev-clean", "test-clean", "test-other"),
+            speakers_per_split=1, chapters_per_speaker=1, utterances_per_chapter=4),
+        "CommonVoice": toy.write_toy_commonvoice(root / "cv", clips_per_split=4),
+        "VoxCeleb1": toy.write_toy_voxceleb1(root / "vox", num_speakers=4, test_speakers=3,
+                                             videos_per_speaker=3, utterances_per_video=4),
+        "IEMOCAP": toy.write_toy_iemocap(root / "iemocap", utterances_per_emotion_per_speaker=8),
+        "SLURP": toy.write_toy_slurp(root / "slurp", recordings_per_scenario=8,
+                                     scenarios=("alarm", "music", "weather", "email")),
+    }
+
+
+# Fast settings for toy runs; the classification heads get a higher rate to learn in a few epochs.
+TOY = {
+    "LibriSpeech": ["--number_of_epochs=1"],
+    "CommonVoice": ["--number_of_epochs=1"],
+    "VoxCeleb1": ["--number_of_epochs=8", "--num_classes=4", "--lr=0.002", "--batch_size=8"],
+    "IEMOCAP": ["--number_of_epochs=8", "--batch_size=8"],
+    "SLURP": ["--number_of_epochs=8", "--num_classes=4", "--lr=0.01", "--batch_size=8"],
+}
+TOY_LR = {("IEMOCAP", "linear"): "--lr=0.01", ("IEMOCAP", "ecapa_tdnn"): "--lr=0.003"}
+CHANCE = {"VoxCeleb1": 0.25, "IEMOCAP": 0.25, "SLURP": 0.25}  # 4 speakers, emotions, scenarios
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
+def test_recipe_end_to_end_on_its_toy_corpus(recipe, encoder, corpora, tmp_path):
+    lr = [TOY_LR[recipe.task, recipe.head]] if (recipe.task, recipe.head) in TOY_LR else []
+    options = TOY[recipe.task] + list(recipe.quick) + lr
+    rows = run_recipe(recipe, encoder, str(corpora[recipe.task]), tmp_path / "out", options)
+    assert rows and all(row["mixer"] == "summarymixing" and row["encoder"] == str(encoder) for row in rows)
+    metrics = {(row["test_set"], row["metric"]): row["value"] for row in rows}
+    if recipe.task in ("LibriSpeech", "CommonVoice"):
+        assert {metric for _, metric in metrics} == {"WER", "CER"}
+        assert all(value >= 0 for value in metrics.values())
+    elif recipe.task == "VoxCeleb1":
+        assert metrics["valid", "accuracy"] > CHANCE["VoxCeleb1"] + 0.15, metrics  # held-out utterances
+        assert 0.0 <= metrics["veri_test2", "EER"] <= 0.5  # unseen speakers: computed, not asserted good
+    else:
+        assert metrics["test", "accuracy"] > CHANCE[recipe.task] + 0.15, metrics  # ~32 held-out utterances
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved == rows
+
+
+def test_results_tables_and_plot(tmp_path):
+    rows = [
+        {"task": "IEMOCAP ER", "head": "linear", "test_set": "test", "metric": "accuracy", "value": v,
+         "epochs": 3, "encoder": f"/runs/{m}/encoder", "mixer": m}
+        for m, v in (("mamba", 0.61), ("mhsa", 0.58))
+    ]
+    csv_path, md_path = write_tables(rows, tmp_path)
+    assert csv_path.read_text().splitlines()[0] == "task,head,test_set,metric,value,epochs,encoder,mixer"
+    assert "| IEMOCAP ER | linear | test | accuracy | 0.61 | 3 | /runs/mamba/encoder | mamba |" in md_path.read_text()
+    assert plot_comparison(rows, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bad_audio_in_a_corpus_is_skipped_and_the_recipe_runs(encoder, corpora, tmp_path):
+    import shutil
+
+    data = tmp_path / "iemocap"
+    shutil.copytree(corpora["IEMOCAP"], data)
+    wav_dir = sorted((data / "Session2" / "sentences" / "wav").iterdir())[0]
+    bad = write_bad_audio(wav_dir, "bad")
+    recipe = next(r for r in RECIPES if r.task == "IEMOCAP" and r.head == "linear")
+    run_recipe(recipe, encoder, str(data), tmp_path / "out", ["--number_of_epochs=1"])
+    assert (tmp_path / "out" / "results.json").is_file()
+    with pytest.raises(RuntimeError, match="IEMOCAP/linear failed"):
+        run_recipe(recipe, encoder, str(tmp_path / "nowhere"), tmp_path / "out2", ["--number_of_epochs=1"])
+    assert "FileNotFoundError" in (tmp_path / "out2.log").read_text()
+    assert bad  # written into the corpus; they carry no label line, so preparation never lists them
