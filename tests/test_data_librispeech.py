@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechbrain_ext.data import librispeech
+from speechbrain_ext.data import librispeech, manifest
 from speechbrain_ext.data.librispeech import (
     CSV_HEADER,
     OPT_FILE,
@@ -147,7 +147,7 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.csv"
     target.write_text("old complete content\n")
     with pytest.raises(RuntimeError):
-        with librispeech._atomic_writer(target) as f:
+        with manifest.atomic_writer(target) as f:
             f.write("half a ")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old complete content\n"

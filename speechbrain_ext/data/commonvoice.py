@@ -23,7 +23,6 @@ Authors
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import unicodedata
@@ -36,10 +35,8 @@ import torch
 import torchaudio
 from speechbrain.dataio import audio_io
 
-from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
-
-# One implementation of the skip-if-done and atomic-write logic for every corpus.
-from speechbrain_ext.data.librispeech import _already_prepared, _atomic_writer
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files
+from speechbrain_ext.data.manifest import already_prepared, check_prepare_options, prepare_splits, split_list
 
 logger = logging.getLogger(__name__)
 
@@ -214,14 +211,20 @@ def prepare_commonvoice(
     (2, ['ID', 'duration', 'wav', 'spk_id', 'wrd'], True)
     >>> tmp.cleanup()
     """
-    if isinstance(splits, str):
-        splits = [splits]
-    splits = list(splits)
+    splits = split_list(splits)
     save_folder = Path(save_folder)
     csv_files = {split: save_folder / f"{split}.csv" for split in splits}
     if skip_prep:
         return csv_files
-    _check_options(splits, min_duration, max_duration, sample_rate)
+    check_prepare_options(
+        "Common Voice",
+        splits,
+        min_duration,
+        max_duration,
+        sample_rate,
+        split_names=" (train, dev, test)",
+        allow_any_rate=True,
+    )
 
     root = _find_root(Path(data_folder), language, splits)
     options = {
@@ -234,59 +237,25 @@ def prepare_commonvoice(
         "check_decoding": bool(check_decoding),
     }
     opt_file = save_folder / OPT_FILE
-    if _already_prepared(csv_files, opt_file, options):
+    if already_prepared(csv_files, opt_file, options):
         logger.info("Common Voice already prepared in %s (%s), skipping", save_folder, ", ".join(splits))
         return csv_files
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
-    skip_file = save_folder / SKIPPED_FILE
-    all_skipped: list[AudioProblem] = []
-    try:
-        for split in splits:
-            rows, skipped = _scan_split(
-                root, root / f"{split}.tsv", min_duration, max_duration, sample_rate, check_decoding
-            )
-            all_skipped.extend(skipped)
-            if skipped:
-                logger.warning(
-                    "Common Voice %s: skipped %d clip(s): %s (listed in %s)",
-                    split,
-                    len(skipped),
-                    summarize_problems(skipped),
-                    skip_file,
-                )
-            if not rows:
-                raise ValueError(
-                    f"Common Voice split {split!r} ({root / f'{split}.tsv'}) has no usable clip "
-                    f"(skipped: {summarize_problems(skipped) or 'none listed'}); see {skip_file}"
-                )
-            with _atomic_writer(csv_files[split]) as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_HEADER)
-                writer.writerows(rows)
-            hours = sum(float(row[1]) for row in rows) / 3600.0
-            logger.info("Common Voice %s: %d clips (%.2f h) -> %s", split, len(rows), hours, csv_files[split])
-    finally:
-        with _atomic_writer(skip_file) as f:
-            f.write("# path\treason\tdetail\n")
-            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in all_skipped)
-    with _atomic_writer(opt_file) as f:
-        json.dump(options, f, indent=2)
+    prepare_splits(
+        splits,
+        csv_files,
+        lambda split: _scan_split(root, root / f"{split}.tsv", min_duration, max_duration, sample_rate, check_decoding),
+        CSV_HEADER,
+        "Common Voice",
+        "clip",
+        save_folder=save_folder,
+        opt_file=opt_file,
+        skip_file=save_folder / SKIPPED_FILE,
+        options=options,
+        logger=logger,
+        where=lambda split: f" ({root / f'{split}.tsv'})",
+    )
     return csv_files
-
-
-def _check_options(splits: list[str], min_duration: float, max_duration: float | None, sample_rate: int | None) -> None:
-    if not splits:
-        raise ValueError("splits is empty: name at least one Common Voice split (train, dev, test)")
-    if len(set(splits)) != len(splits):
-        raise ValueError(f"splits must be distinct, got {splits}")
-    if min_duration < 0:
-        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-    if max_duration is not None and max_duration <= min_duration:
-        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
-    if sample_rate is not None and sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive or None, got {sample_rate}")
 
 
 def _find_root(data_folder: Path, language: str | None, splits: list[str]) -> Path:

@@ -16,8 +16,6 @@ Authors
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import re
@@ -25,9 +23,14 @@ from collections import Counter
 from pathlib import Path
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
-
-# One implementation of the skip-if-done and atomic-write logic for every corpus.
-from speechbrain_ext.data.librispeech import _already_prepared, _atomic_writer
+from speechbrain_ext.data.manifest import (
+    AUDIO_SKIP_REASONS,
+    already_prepared,
+    check_prepare_options,
+    hours,
+    preparing,
+    write_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +45,7 @@ OPT_FILE = "prepare_iemocap_options.json"
 SKIPPED_FILE = "prepare_iemocap_skipped.txt"
 #: Why a file can be left out of a manifest (utterances with other labels are *dropped*, not skipped).
 SKIP_REASONS: tuple[str, ...] = (
-    "empty",  # 0 bytes, or a valid header with 0 frames
-    "unreadable",  # soundfile cannot read the header (corrupted, not audio)
-    "wrong_sample_rate",
-    "not_mono",
-    "too_short",  # duration < min_duration
-    "too_long",  # duration > max_duration
+    *AUDIO_SKIP_REASONS,
     "missing_audio",  # a label line whose .wav does not exist
     "no_label",  # a .wav without a label line in its session's EmoEvaluation files
 )
@@ -151,16 +149,14 @@ def prepare_iemocap(
         "sample_rate": int(sample_rate),
     }
     opt_file = save_folder / OPT_FILE
-    if _already_prepared(csv_files, opt_file, options):
+    if already_prepared(csv_files, opt_file, options):
         logger.info("IEMOCAP already prepared in %s (test speaker %d), skipping", save_folder, test_spk_id)
         return csv_files
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
     skip_file = save_folder / SKIPPED_FILE
-    skipped: list[AudioProblem] = []
-    try:
-        rows, skipped, dropped = _collect(root, min_duration, max_duration, sample_rate)
+    with preparing(save_folder, opt_file, skip_file, options) as skipped:
+        rows, found, dropped = _collect(root, min_duration, max_duration, sample_rate)
+        skipped.extend(found)
         if skipped:
             logger.warning(
                 "IEMOCAP: skipped %d file(s): %s (listed in %s)",
@@ -189,24 +185,15 @@ def prepare_iemocap(
                     f"IEMOCAP {name} set (speaker(s) {sorted(spk_ids, key=int)}) has no usable utterance in "
                     f"{root} (skipped: {summarize_problems(skipped) or 'none'}); see {skip_file}"
                 )
-            with _atomic_writer(csv_files[name]) as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_HEADER)
-                writer.writerows(split_rows)
+            write_csv(csv_files[name], CSV_HEADER, split_rows)
             logger.info(
                 "IEMOCAP %s: %d utterances of speaker(s) %s (%.2f h) -> %s",
                 name,
                 len(split_rows),
                 ",".join(sorted(spk_ids, key=int)),
-                sum(float(row[1]) for row in split_rows) / 3600.0,
+                hours(split_rows),
                 csv_files[name],
             )
-    finally:
-        with _atomic_writer(skip_file) as f:
-            f.write("# path\treason\tdetail\n")
-            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in skipped)
-    with _atomic_writer(opt_file) as f:
-        json.dump(options, f, indent=2)
     return csv_files
 
 
@@ -230,12 +217,7 @@ def speaker_number(utterance: str) -> int:
 def _check_options(test_spk_id: int, min_duration: float, max_duration: float | None, sample_rate: int) -> None:
     if test_spk_id not in range(1, NUM_SPEAKERS + 1):
         raise ValueError(f"test_spk_id must be one of the IEMOCAP speakers 1-{NUM_SPEAKERS}, got {test_spk_id}")
-    if min_duration < 0:
-        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-    if max_duration is not None and max_duration <= min_duration:
-        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    check_prepare_options("IEMOCAP", None, min_duration, max_duration, sample_rate)
 
 
 def _find_root(data_folder: Path) -> Path:

@@ -12,16 +12,19 @@ Authors
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files
+from speechbrain_ext.data.manifest import (
+    AUDIO_SKIP_REASONS,
+    already_prepared,
+    check_prepare_options,
+    prepare_splits,
+    split_list,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +33,7 @@ OPT_FILE = "prepare_librispeech_options.json"
 SKIPPED_FILE = "prepare_librispeech_skipped.txt"
 #: Why a file can be left out of a manifest.
 SKIP_REASONS: tuple[str, ...] = (
-    "empty",  # 0 bytes, or a valid header with 0 frames
-    "unreadable",  # soundfile cannot read the header (corrupted, not audio)
-    "wrong_sample_rate",
-    "not_mono",
-    "too_short",  # duration < min_duration
-    "too_long",  # duration > max_duration
+    *AUDIO_SKIP_REASONS,
     "no_transcript",  # no line for the utterance in the chapter's .trans.txt
     "missing_audio",  # a transcript line whose .flac does not exist
 )
@@ -115,14 +113,12 @@ def prepare_librispeech(
     (['4001-400101-0000', '4001-400101-0001'], ['ID', 'duration', 'wav', 'spk_id', 'wrd'])
     >>> tmp.cleanup()
     """
-    if isinstance(splits, str):
-        splits = [splits]
-    splits = list(splits)
+    splits = split_list(splits)
     save_folder = Path(save_folder)
     csv_files = {split: save_folder / f"{split}.csv" for split in splits}
     if skip_prep:
         return csv_files
-    _check_options(splits, min_duration, max_duration, sample_rate)
+    check_prepare_options("LibriSpeech", splits, min_duration, max_duration, sample_rate)
 
     root = _find_root(Path(data_folder), splits)
     options = {
@@ -134,7 +130,7 @@ def prepare_librispeech(
         "sample_rate": int(sample_rate),
     }
     opt_file = save_folder / OPT_FILE
-    if _already_prepared(csv_files, opt_file, options):
+    if already_prepared(csv_files, opt_file, options):
         logger.info(
             "LibriSpeech already prepared in %s (%s), skipping",
             save_folder,
@@ -142,60 +138,23 @@ def prepare_librispeech(
         )
         return csv_files
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
-    skip_file = save_folder / SKIPPED_FILE
-    all_skipped: list[AudioProblem] = []
-    try:
-        for split in splits:
-            rows, skipped = _scan_split(root / split, min_duration, max_duration, sample_rate)
-            all_skipped.extend(skipped)
-            if skipped:
-                logger.warning(
-                    "LibriSpeech %s: skipped %d file(s): %s (listed in %s)",
-                    split,
-                    len(skipped),
-                    summarize_problems(skipped),
-                    skip_file,
-                )
-            if not rows:
-                raise ValueError(
-                    f"LibriSpeech split {split!r} in {root / split} has no usable utterance "
-                    f"(skipped: {summarize_problems(skipped) or 'none found'}); "
-                    f"see {skip_file}"
-                )
-            with _atomic_writer(csv_files[split]) as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_HEADER)
-                writer.writerows(rows)
-            hours = sum(float(row[1]) for row in rows) / 3600.0
-            logger.info(
-                "LibriSpeech %s: %d utterances (%.2f h) -> %s",
-                split,
-                len(rows),
-                hours,
-                csv_files[split],
-            )
-    finally:
-        with _atomic_writer(skip_file) as f:
-            f.write("# path\treason\tdetail\n")
-            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in all_skipped)
-    with _atomic_writer(opt_file) as f:
-        json.dump(options, f, indent=2)
+    prepare_splits(
+        splits,
+        csv_files,
+        lambda split: _scan_split(root / split, min_duration, max_duration, sample_rate),
+        CSV_HEADER,
+        "LibriSpeech",
+        "utterance",
+        save_folder=save_folder,
+        opt_file=opt_file,
+        skip_file=save_folder / SKIPPED_FILE,
+        options=options,
+        logger=logger,
+        skipped_unit="file",
+        where=lambda split: f" in {root / split}",
+        none_skipped="none found",
+    )
     return csv_files
-
-
-def _check_options(splits: list[str], min_duration: float, max_duration: float | None, sample_rate: int) -> None:
-    if not splits:
-        raise ValueError("splits is empty: name at least one LibriSpeech split")
-    if len(set(splits)) != len(splits):
-        raise ValueError(f"splits must be distinct, got {splits}")
-    if min_duration < 0:
-        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-    if max_duration is not None and max_duration <= min_duration:
-        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
 
 
 def _find_root(data_folder: Path, splits: list[str]) -> Path:
@@ -211,16 +170,6 @@ def _find_root(data_folder: Path, splits: list[str]) -> Path:
         f"folder that contains LibriSpeech/ or the LibriSpeech/ folder itself, laid out as "
         f"LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac"
     )
-
-
-def _already_prepared(csv_files: dict[str, Path], opt_file: Path, options: dict) -> bool:
-    if not opt_file.is_file() or not all(path.is_file() for path in csv_files.values()):
-        return False
-    try:
-        saved = json.loads(opt_file.read_text())
-    except (OSError, ValueError):
-        return False
-    return saved == options
 
 
 def _read_transcripts(split_dir: Path) -> dict[str, tuple[str, Path]]:
@@ -259,18 +208,3 @@ def _scan_split(
         skipped.append(AudioProblem(path, "missing_audio", "transcript line without audio file"))
     rows.sort(key=lambda row: row[0])
     return rows, skipped
-
-
-@contextmanager
-def _atomic_writer(path: Path) -> Iterator[IO[str]]:
-    """Opens a temporary file beside `path` and renames it to `path` on success."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

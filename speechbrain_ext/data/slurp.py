@@ -20,17 +20,20 @@ Authors
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
-
-# One implementation of the skip-if-done and atomic-write logic for every corpus.
-from speechbrain_ext.data.librispeech import _already_prepared, _atomic_writer
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files
+from speechbrain_ext.data.manifest import (
+    AUDIO_SKIP_REASONS,
+    already_prepared,
+    check_prepare_options,
+    prepare_splits,
+    split_list,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +47,7 @@ OPT_FILE = "prepare_slurp_options.json"
 SKIPPED_FILE = "prepare_slurp_skipped.txt"
 #: Why a recording can be left out of a manifest.
 SKIP_REASONS: tuple[str, ...] = (
-    "empty",  # 0 bytes, or a valid header with 0 frames
-    "unreadable",  # soundfile cannot read the header (corrupted, not audio)
-    "wrong_sample_rate",
-    "not_mono",
-    "too_short",  # duration < min_duration
-    "too_long",  # duration > max_duration
+    *AUDIO_SKIP_REASONS,
     "missing_audio",  # a recording listed in the .jsonl whose file does not exist
     "unknown_scenario",  # a scenario outside SCENARIOS
     "bad_record",  # a .jsonl line that is not JSON or lacks a field (path: <jsonl>:<line>)
@@ -135,14 +133,12 @@ def prepare_slurp(
     (['alarm', 'music'], ['scenario', 'action', 'intent', 'transcript'])
     >>> tmp.cleanup()
     """
-    if isinstance(splits, str):
-        splits = [splits]
-    splits = list(splits)
+    splits = split_list(splits)
     save_folder = Path(save_folder)
     csv_files = {split: save_folder / f"{split}.csv" for split in splits}
     if skip_prep:
         return csv_files
-    _check_options(splits, min_duration, max_duration, sample_rate)
+    check_prepare_options("SLURP", splits, min_duration, max_duration, sample_rate, split_names=" (train, devel, test)")
 
     sources = _find_sources(Path(data_folder), splits, use_synthetic)
     options = {
@@ -155,57 +151,24 @@ def prepare_slurp(
         "sample_rate": int(sample_rate),
     }
     opt_file = save_folder / OPT_FILE
-    if _already_prepared(csv_files, opt_file, options):
+    if already_prepared(csv_files, opt_file, options):
         logger.info("SLURP already prepared in %s (%s), skipping", save_folder, ", ".join(splits))
         return csv_files
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
-    skip_file = save_folder / SKIPPED_FILE
-    all_skipped: list[AudioProblem] = []
-    try:
-        for split in splits:
-            rows, skipped = _scan_split(sources[split], min_duration, max_duration, sample_rate)
-            all_skipped.extend(skipped)
-            if skipped:
-                logger.warning(
-                    "SLURP %s: skipped %d recording(s): %s (listed in %s)",
-                    split,
-                    len(skipped),
-                    summarize_problems(skipped),
-                    skip_file,
-                )
-            if not rows:
-                raise ValueError(
-                    f"SLURP split {split!r} has no usable recording "
-                    f"(skipped: {summarize_problems(skipped) or 'none listed'}); see {skip_file}"
-                )
-            with _atomic_writer(csv_files[split]) as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_HEADER)
-                writer.writerows(rows)
-            hours = sum(float(row[1]) for row in rows) / 3600.0
-            logger.info("SLURP %s: %d recordings (%.2f h) -> %s", split, len(rows), hours, csv_files[split])
-    finally:
-        with _atomic_writer(skip_file) as f:
-            f.write("# path\treason\tdetail\n")
-            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in all_skipped)
-    with _atomic_writer(opt_file) as f:
-        json.dump(options, f, indent=2)
+    prepare_splits(
+        splits,
+        csv_files,
+        lambda split: _scan_split(sources[split], min_duration, max_duration, sample_rate),
+        CSV_HEADER,
+        "SLURP",
+        "recording",
+        save_folder=save_folder,
+        opt_file=opt_file,
+        skip_file=save_folder / SKIPPED_FILE,
+        options=options,
+        logger=logger,
+    )
     return csv_files
-
-
-def _check_options(splits: list[str], min_duration: float, max_duration: float | None, sample_rate: int) -> None:
-    if not splits:
-        raise ValueError("splits is empty: name at least one SLURP split (train, devel, test)")
-    if len(set(splits)) != len(splits):
-        raise ValueError(f"splits must be distinct, got {splits}")
-    if min_duration < 0:
-        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-    if max_duration is not None and max_duration <= min_duration:
-        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
 
 
 def _audio_folder(data_folder: Path, name: str) -> Path:

@@ -14,9 +14,7 @@ Authors
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import os
 import random
@@ -24,9 +22,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
-
-# One implementation of the skip-if-done and atomic-write logic for every corpus.
-from speechbrain_ext.data.librispeech import _already_prepared, _atomic_writer
+from speechbrain_ext.data.manifest import (
+    AUDIO_SKIP_REASONS,
+    already_prepared,
+    check_prepare_options,
+    hours,
+    preparing,
+    write_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +43,7 @@ TRIAL_FILE = "veri_test2.txt"
 ID_SEPARATOR = "--"
 #: Why a file can be left out of a manifest.
 SKIP_REASONS: tuple[str, ...] = (
-    "empty",  # 0 bytes, or a valid header with 0 frames
-    "unreadable",  # soundfile cannot read the header (corrupted, not audio)
-    "wrong_sample_rate",
-    "not_mono",
-    "too_short",  # duration < min_duration
-    "too_long",  # duration > max_duration
+    *AUDIO_SKIP_REASONS,
     "missing_audio",  # a trial names a file that does not exist
 )
 _OPTIONS_VERSION = 1
@@ -168,22 +166,19 @@ def prepare_voxceleb1(
         "seed": int(seed),
     }
     opt_file = save_folder / OPT_FILE
-    if _already_prepared(csv_files, opt_file, options):
+    if already_prepared(csv_files, opt_file, options):
         logger.info("VoxCeleb1 already prepared in %s, skipping", save_folder)
         return csv_files
     trials = _parse_trials(trial_text.decode("utf-8"), trial_file)
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    opt_file.unlink(missing_ok=True)  # until the end, the folder does not look done
     skip_file = save_folder / SKIPPED_FILE
-    skipped: list[AudioProblem] = []
-    try:
+    with preparing(save_folder, opt_file, skip_file, options) as skipped:
         test_rel = sorted({path for _, enrol, test in trials for path in (enrol, test)})
         test_speakers = {rel.split("/")[0] for rel in test_rel}
         train_rel = [rel for rel in _list_wavs(wav_root) if rel.split("/")[0] not in test_speakers]
         train_rows, train_skipped = _scan(wav_root, train_rel, min_duration, max_duration, sample_rate)
         test_rows, test_skipped = _scan(wav_root, test_rel, min_duration, max_duration, sample_rate)
-        skipped = train_skipped + test_skipped
+        skipped.extend(train_skipped + test_skipped)
         if skipped:
             logger.warning(
                 "VoxCeleb1: skipped %d file(s): %s (listed in %s)",
@@ -214,28 +209,22 @@ def prepare_voxceleb1(
             )
 
         for name, rows in (("train", train_rows), ("valid", valid_rows), ("test", test_rows)):
-            _write_csv(csv_files[name], CSV_HEADER, rows)
+            write_csv(csv_files[name], CSV_HEADER, rows)
             logger.info(
                 "VoxCeleb1 %s: %d utterances of %d speakers (%.2f h) -> %s",
                 name,
                 len(rows),
                 len({row[3] for row in rows}),
-                sum(float(row[1]) for row in rows) / 3600.0,
+                hours(rows),
                 csv_files[name],
             )
-        _write_csv(csv_files["trials"], TRIALS_HEADER, kept)
+        write_csv(csv_files["trials"], TRIALS_HEADER, kept)
         logger.info(
             "VoxCeleb1 trials: %d (%d target) -> %s",
             len(kept),
             sum(trial[0] == "1" for trial in kept),
             csv_files["trials"],
         )
-    finally:
-        with _atomic_writer(skip_file) as f:
-            f.write("# path\treason\tdetail\n")
-            f.writelines(f"{s.path}\t{s.reason}\t{s.detail}\n" for s in skipped)
-    with _atomic_writer(opt_file) as f:
-        json.dump(options, f, indent=2)
     return csv_files
 
 
@@ -255,12 +244,7 @@ def utt_id(rel_path: str) -> str:
 def _check_options(valid_ratio: float, min_duration: float, max_duration: float | None, sample_rate: int) -> None:
     if not 0.0 < valid_ratio < 1.0:
         raise ValueError(f"valid_ratio must be in (0, 1), got {valid_ratio}")
-    if min_duration < 0:
-        raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-    if max_duration is not None and max_duration <= min_duration:
-        raise ValueError(f"max_duration ({max_duration}) must be above min_duration ({min_duration})")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    check_prepare_options("VoxCeleb1", None, min_duration, max_duration, sample_rate)
 
 
 def _find_trial_file(data_folder: Path, verification_file: str | Path | None) -> Path:
@@ -339,10 +323,3 @@ def _split_train_valid(rows: list[list[str]], valid_ratio: float, seed: int) -> 
     if alone:
         logger.warning("VoxCeleb1: %d training speaker(s) with a single utterance are not in valid.csv", alone)
     return [r for r in rows if r[0] not in valid_ids], [r for r in rows if r[0] in valid_ids]
-
-
-def _write_csv(path: Path, header: tuple[str, ...], rows: list) -> None:
-    with _atomic_writer(path) as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
