@@ -85,7 +85,7 @@ def write_tables(rows: list[dict], output: Path) -> tuple[Path, Path]:
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:
-    """One group of bars per (task, head, test set, metric), one bar per encoder."""
+    """One panel per (task, head, test set, metric), each on its own scale, one bar per encoder."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,19 +93,24 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
 
     groups = sorted({(r["task"], r["head"], r["test_set"], r["metric"]) for r in rows})
     encoders = sorted({(r["encoder"], r["mixer"]) for r in rows})
-    width = 0.8 / len(encoders)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups)), 4))
-    for i, (encoder, mixer) in enumerate(encoders):
-        values = {(r["task"], r["head"], r["test_set"], r["metric"]): r["value"] for r in rows
-                  if r["encoder"] == encoder}
-        ax.bar([g + i * width for g in range(len(groups))], [values.get(key, 0.0) for key in groups], width,
-               label=f"{mixer} ({Path(encoder).parent.name})")
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{t}\n{h}\n{s} {m}" for t, h, s, m in groups], fontsize=7)
-    ax.set_ylabel("value (WER/CER/EER: lower is better; accuracy: higher)")
-    ax.legend(fontsize=8)
+    columns = min(5, len(groups))
+    lines = -(-len(groups) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, group in zip(axes.flat, groups):
+        values = {(r["encoder"], r["mixer"]): r["value"] for r in rows
+                  if (r["task"], r["head"], r["test_set"], r["metric"]) == group}
+        axis.bar(range(len(encoders)), [values.get(e, 0.0) for e in encoders],
+                 color=[colours[i % len(colours)] for i in range(len(encoders))])
+        axis.set_xticks(range(len(encoders)), [mixer for _, mixer in encoders], fontsize=7)
+        task, head, test_set, metric = group
+        better = "higher is better" if metric == "accuracy" else "lower is better"
+        axis.set_title(f"{task} / {head}\n{test_set}: {metric} ({better})", fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+    for axis in list(axes.flat)[len(groups):]:
+        axis.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
