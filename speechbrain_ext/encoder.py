@@ -194,9 +194,12 @@ class MixerConformerEncoder(nn.Module):
         self.output_hidden_states = output_hidden_states
 
     def forward(
-        self, src: torch.Tensor, src_key_padding_mask: Optional[torch.Tensor] = None
+        self,
+        src: torch.Tensor,
+        src_key_padding_mask: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
     ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
-        """Encodes ``src`` (B, T, E).
+        """Encodes ``src`` (B, T, E); ``output_hidden_states`` None uses the constructor's setting.
 
         Returns
         -------
@@ -208,7 +211,9 @@ class MixerConformerEncoder(nn.Module):
         """
         src_key_padding_mask = check_padding_mask(src_key_padding_mask, src)
         pos_embs = positional_embeddings(self.pos_embs_kind, src)
-        hidden = [src] if self.output_hidden_states else None
+        if output_hidden_states is None:
+            output_hidden_states = self.output_hidden_states
+        hidden = [src] if output_hidden_states else None
         x = src
         for layer in self.layers:
             skip = self.training and self.layerdrop_prob > 0 and torch.rand(()) < self.layerdrop_prob

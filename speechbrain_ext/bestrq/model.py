@@ -167,8 +167,7 @@ class SpeechEncoder(nn.Module):
         x = self.projection(x.flatten(start_dim=2))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
-        self.encoder.output_hidden_states = output_hidden_states
-        out, hidden = self.encoder(x, padding_mask)
+        out, hidden = self.encoder(x, padding_mask, output_hidden_states=output_hidden_states)
         return EncoderOutput(out, hidden, padding_mask)
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False) -> EncoderOutput:

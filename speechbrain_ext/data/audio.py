@@ -15,6 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import soundfile as sf
+import torch
+import torchaudio
+from speechbrain.dataio import audio_io
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +80,15 @@ def summarize_problems(problems: Iterable[AudioProblem]) -> str:
     """``"empty=2, unreadable=1"``: counts per reason, for logs."""
     counts = Counter(problem.reason for problem in problems)
     return ", ".join(f"{reason}={count}" for reason, count in sorted(counts.items()))
+
+
+def read_audio_resampled(path: str, target_rate: int) -> torch.Tensor:
+    """A mono waveform (L,) at ``target_rate``, from a file of any rate soundfile reads (MP3 too).
+
+    Channels are averaged; resampling is torchaudio's band-limited sinc (pure torch, no FFmpeg).
+    """
+    audio, rate = audio_io.load(str(path), dtype=torch.float32)  # (C, L)
+    signal = audio.mean(dim=0) if audio.shape[0] > 1 else audio[0]
+    if rate != target_rate:
+        signal = torchaudio.functional.resample(signal, rate, target_rate)
+    return signal

@@ -32,10 +32,8 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-import torchaudio
-from speechbrain.dataio import audio_io
 
-from speechbrain_ext.data.audio import AudioProblem, check_audio_files
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files, read_audio_resampled
 from speechbrain_ext.data.manifest import already_prepared, check_prepare_options, prepare_splits, split_list
 
 logger = logging.getLogger(__name__)
@@ -125,11 +123,7 @@ def read_commonvoice_audio(path: str | Path, target_rate: int = 16000) -> torch.
     >>> read_commonvoice_audio(path).shape
     torch.Size([16000])
     """
-    audio, rate = audio_io.load(str(path), dtype=torch.float32)  # (C, L)
-    signal = audio.mean(dim=0) if audio.shape[0] > 1 else audio[0]
-    if rate != target_rate:
-        signal = torchaudio.functional.resample(signal, rate, target_rate)
-    return signal
+    return read_audio_resampled(str(path), target_rate)
 
 
 def prepare_commonvoice(

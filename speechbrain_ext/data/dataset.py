@@ -7,13 +7,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import soundfile as sf
 import speechbrain as sb
 import torch
-import torchaudio
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_ext.data.audio import check_audio_files, summarize_problems
+from speechbrain_ext.data.audio import check_audio_files, read_audio_resampled, summarize_problems
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +104,7 @@ def audio_dataset(
     def read_signal(wav: str) -> torch.Tensor:
         try:
             if resample:
-                audio, rate = sf.read(wav, dtype="float32", always_2d=True)
-                signal = torch.from_numpy(audio[:, 0])
-                return torchaudio.functional.resample(signal, rate, sample_rate) if rate != sample_rate else signal
+                return read_audio_resampled(wav, sample_rate)
             return sb.dataio.dataio.read_audio(wav)
         except Exception as err:  # a file that changed or broke after the header check
             raise RuntimeError(f"could not decode {wav}: {err}") from err
