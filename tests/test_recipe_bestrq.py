@@ -89,8 +89,18 @@ def test_short_run_learns_above_chance(corpus, tmp_path):
 
 
 def latest_checkpoint(save_folder):
-    complete = [c for c in save_folder.glob("CKPT+*") if (c / "CKPT.yaml").is_file() and (c / "brain.ckpt").is_file()]
-    return max(complete, key=lambda c: c.stat().st_mtime) if complete else None
+    """The newest checkpoint folder, as SpeechBrain picks it (any ``CKPT+*`` folder holding a CKPT.yaml)."""
+    checkpoints = [c for c in save_folder.glob("CKPT+*") if (c / "CKPT.yaml").is_file()]
+    return max(checkpoints, key=lambda c: c.stat().st_mtime) if checkpoints else None
+
+
+def saved_step(save_folder):
+    """The optimizer step of the newest checkpoint, None while there is none (or it was just rotated away)."""
+    checkpoint = latest_checkpoint(save_folder)
+    try:
+        return yaml.safe_load((checkpoint / "brain.ckpt").read_text())["optimizer_step"] if checkpoint else None
+    except FileNotFoundError:
+        return None
 
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path):
@@ -102,8 +112,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            ckpt = latest_checkpoint(out / "save")
-            if ckpt is not None and yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"] >= 6:
+            if (saved_step(out / "save") or 0) >= 6:
                 break
             assert process.poll() is None, "training stopped before it could be killed"
             time.sleep(0.2)
@@ -113,19 +122,19 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     ckpt = latest_checkpoint(out / "save")
-    saved_step = yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"]
+    step_at_kill = saved_step(out / "save")  # the checkpoint a resumed run picks is whole (AtomicCheckpointer)
     saved_digest = optimizer_state_digest(torch.load(ckpt / "optimizer.ckpt"))
     killed_at = max(s for s, _, _ in logged_steps((out / "train_log.txt").read_text()))
-    assert killed_at >= saved_step >= 6
+    assert killed_at >= step_at_kill >= 6
 
-    run(args + [f"--optimizer_step_limit={saved_step + 4}"])
+    run(args + [f"--optimizer_step_limit={step_at_kill + 4}"])
     train_log = (out / "train_log.txt").read_text()
     resumed = re.search(r"resumed at optimizer step: (\d+), optimizer state: (\S+)", train_log)
     assert resumed, train_log
-    assert int(resumed.group(1)) == saved_step
+    assert int(resumed.group(1)) == step_at_kill
     assert float(resumed.group(2)) == pytest.approx(saved_digest, rel=1e-6)
     after = [s for s, _, _ in logged_steps(train_log.split(resumed.group(0))[1])]
-    assert after == list(range(saved_step + 1, saved_step + 5))
+    assert after == list(range(step_at_kill + 1, step_at_kill + 5))
     assert (out / "encoder" / "encoder.ckpt").is_file()
 
 

@@ -1,0 +1,98 @@
+"""AtomicCheckpointer: a save interrupted half-way never becomes the checkpoint that a run resumes from."""
+
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer, mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from speechbrain_ext.checkpoints import STAGING_PREFIX, AtomicCheckpointer
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed while a file is written."""
+
+
+@register_checkpoint_hooks
+class TrainingState:
+    """A recoverable whose save can be cut off after half of its bytes, like a kill -9 during torch.save."""
+
+    def __init__(self, step=0):
+        self.step = step
+        self.cut_off = False
+
+    @mark_as_saver
+    def save(self, path):
+        payload = {"step": self.step, "moments": torch.randn(1000)}
+        if not self.cut_off:
+            torch.save(payload, path)
+            return
+        torch.save(payload, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        raise Interrupted
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch):
+        self.step = torch.load(path)["step"]
+
+
+def save_then_interrupt(checkpointer_class, folder):
+    model, state = torch.nn.Linear(3, 3), TrainingState(step=5)
+    checkpointer = checkpointer_class(folder, recoverables={"model": model, "state": state})
+    checkpointer.save_checkpoint()
+    state.step, state.cut_off = 9, True
+    with pytest.raises(Interrupted):
+        checkpointer.save_checkpoint()
+
+
+def resumed_step(checkpointer_class, folder):
+    """What a fresh run with the same save folder resumes at."""
+    state = TrainingState()
+    checkpointer_class(folder, recoverables={"model": torch.nn.Linear(3, 3), "state": state}).recover_if_possible()
+    return state.step
+
+
+def test_stock_checkpointer_resumes_from_the_half_written_save(tmp_path):
+    # Why AtomicCheckpointer exists: SpeechBrain marks the folder as a checkpoint before writing the files.
+    save_then_interrupt(Checkpointer, tmp_path)
+    with pytest.raises(Exception):  # noqa: B017 - EOFError or an unpickling error, by torch version
+        resumed_step(Checkpointer, tmp_path)
+
+
+def test_interrupted_save_leaves_the_last_complete_checkpoint(tmp_path):
+    save_then_interrupt(AtomicCheckpointer, tmp_path)
+    assert len(list(tmp_path.glob("CKPT+*"))) == 1
+    assert len(list(tmp_path.glob(STAGING_PREFIX + "*"))) == 1
+    assert resumed_step(AtomicCheckpointer, tmp_path) == 5
+    assert resumed_step(Checkpointer, tmp_path) == 5  # the folders stay readable by SpeechBrain's own class
+
+
+def test_next_save_removes_the_leftover_and_publishes_a_whole_checkpoint(tmp_path, caplog):
+    save_then_interrupt(AtomicCheckpointer, tmp_path)
+    state = TrainingState(step=12)
+    checkpointer = AtomicCheckpointer(tmp_path, recoverables={"model": torch.nn.Linear(3, 3), "state": state})
+    with caplog.at_level("WARNING"):
+        checkpointer.save_and_keep_only(num_to_keep=1)
+    assert "Removed 1 incomplete checkpoint folder" in caplog.text
+    assert not list(tmp_path.glob(STAGING_PREFIX + "*"))
+    (only,) = tmp_path.glob("CKPT+*")
+    assert sorted(p.name for p in only.iterdir()) == ["CKPT.yaml", "model.ckpt", "state.ckpt"]
+    assert resumed_step(AtomicCheckpointer, tmp_path) == 12
+
+
+def test_named_checkpoint_saved_again_is_replaced_whole(tmp_path):
+    state = TrainingState(step=1)
+    checkpointer = AtomicCheckpointer(tmp_path, recoverables={"model": torch.nn.Linear(3, 3), "state": state})
+    first = checkpointer.save_checkpoint(name="latest", meta={"round": 1})
+    state.step = 2
+    second = checkpointer.save_checkpoint(name="latest", meta={"round": 2})
+    assert first.path == second.path and second.path.name == "CKPT+latest"
+    assert [c.meta["round"] for c in checkpointer.list_checkpoints()] == [2]
+    assert resumed_step(AtomicCheckpointer, tmp_path) == 2
+
+
+def test_swap_interrupted_between_renames_gets_the_old_version_back(tmp_path):
+    state = TrainingState(step=3)
+    checkpointer = AtomicCheckpointer(tmp_path, recoverables={"model": torch.nn.Linear(3, 3), "state": state})
+    saved = checkpointer.save_checkpoint(name="latest")
+    saved.path.rename(saved.path.with_name(STAGING_PREFIX + "replaced-" + saved.path.name))
+    assert checkpointer.remove_incomplete() == 0
+    assert resumed_step(AtomicCheckpointer, tmp_path) == 3
