@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechbrain_ext.data import librispeech, manifest
+from speechbrain_ext.data import librispeech
 from speechbrain_ext.data.librispeech import (
     CSV_HEADER,
     OPT_FILE,
@@ -17,6 +17,7 @@ from speechbrain_ext.data.librispeech import (
     prepare_librispeech,
 )
 from speechbrain_ext.data.toy import write_toy_librispeech
+from speechbrain_ext.files import atomic_writer
 
 SPLITS = ("train-clean-100", "dev-clean")
 LOGGER = "speechbrain_ext.data.librispeech"
@@ -147,7 +148,7 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.csv"
     target.write_text("old complete content\n")
     with pytest.raises(RuntimeError):
-        with manifest.atomic_writer(target) as f:
+        with atomic_writer(target) as f:
             f.write("half a ")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old complete content\n"

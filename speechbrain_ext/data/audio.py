@@ -7,17 +7,21 @@ epoch halfway.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.dataio import audio_io
+
+from speechbrain_ext.files import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,55 @@ class AudioProblem:
     path: str
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a file's header says: enough to judge it without decoding."""
+
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def read_header(path: str) -> AudioHeader | AudioProblem:
+    """The header of one file, or why it has none worth reading (missing, empty, unreadable)."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return AudioProblem(path, "missing_audio", "no such file")
+    if size == 0:
+        return AudioProblem(path, "empty", "0 bytes")
+    try:
+        info = sf.info(path)
+    except Exception as err:  # noqa: BLE001 - any failure to read the header
+        return AudioProblem(path, "unreadable", " ".join(str(err).split()))
+    return AudioHeader(info.samplerate, info.frames, info.channels)
+
+
+def judge_header(
+    path: str, header: AudioHeader | AudioProblem, sample_rate: int | None, min_duration: float = 0.0,
+    max_duration: float | None = None,
+) -> tuple[float, AudioProblem | None]:
+    """Duration and problem (None if fine) of a file whose header is ``header``: see :func:`check_audio`."""
+    if isinstance(header, AudioProblem):
+        return 0.0, header
+    if header.frames <= 0:
+        return 0.0, AudioProblem(path, "empty", "0 frames")
+    duration = header.duration
+    if sample_rate is not None and header.sample_rate != sample_rate:
+        return duration, AudioProblem(path, "wrong_sample_rate", f"{header.sample_rate} Hz, expected {sample_rate} Hz")
+    if header.channels != 1:
+        return duration, AudioProblem(path, "not_mono", f"{header.channels} channels")
+    if duration < min_duration:
+        return duration, AudioProblem(path, "too_short", f"{duration:.3f} s < {min_duration} s")
+    if max_duration is not None and duration > max_duration:
+        return duration, AudioProblem(path, "too_long", f"{duration:.3f} s > {max_duration} s")
+    return duration, None
 
 
 def check_audio(
@@ -46,34 +99,79 @@ def check_audio(
     >>> check_audio("/no/such/file.flac", 16000)[1].reason
     'missing_audio'
     """
-    if not os.path.isfile(path):
-        return 0.0, AudioProblem(path, "missing_audio", "no such file")
-    if os.path.getsize(path) == 0:
-        return 0.0, AudioProblem(path, "empty", "0 bytes")
-    try:
-        info = sf.info(path)
-    except Exception as err:  # noqa: BLE001 - any failure to read the header
-        return 0.0, AudioProblem(path, "unreadable", " ".join(str(err).split()))
-    if info.frames <= 0:
-        return 0.0, AudioProblem(path, "empty", "0 frames")
-    duration = info.frames / info.samplerate
-    if sample_rate is not None and info.samplerate != sample_rate:
-        return duration, AudioProblem(path, "wrong_sample_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz")
-    if info.channels != 1:
-        return duration, AudioProblem(path, "not_mono", f"{info.channels} channels")
-    if duration < min_duration:
-        return duration, AudioProblem(path, "too_short", f"{duration:.3f} s < {min_duration} s")
-    if max_duration is not None and duration > max_duration:
-        return duration, AudioProblem(path, "too_long", f"{duration:.3f} s > {max_duration} s")
-    return duration, None
+    return judge_header(path, read_header(path), sample_rate, min_duration, max_duration)
+
+
+class HeaderCache:
+    """Headers already read, kept in a JSON file and trusted while a file's size and modification time hold.
+
+    Checking the 281k files of LibriSpeech 960 h reads every header (about 0.3 ms each, so minutes on network
+    storage, on every process of every run); with the cache a rerun costs one ``stat`` per file. Only good
+    headers are kept: missing, empty and unreadable files are looked at again each time.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> cache = HeaderCache(tempfile.mkdtemp() + "/headers.json")
+    >>> cache.read("/no/such/file.flac").reason
+    'missing_audio'
+    """
+
+    FORMAT = 1
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, list[int]] = {}  # path -> [size, mtime_ns, sample_rate, frames, channels]
+        self.changed = False
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                if saved.get("format") == self.FORMAT:
+                    self.entries = saved["files"]
+            except (OSError, ValueError, KeyError, AttributeError) as err:
+                logger.warning("ignoring unreadable audio header cache %s (%s): reading every header", path, err)
+
+    def read(self, path: str) -> AudioHeader | AudioProblem:
+        """Like :func:`read_header`, from the cache when the file is unchanged since it was read."""
+        try:
+            status = os.stat(path)
+        except OSError:
+            return AudioProblem(path, "missing_audio", "no such file")
+        entry = self.entries.get(path)
+        if entry is not None and entry[:2] == [status.st_size, status.st_mtime_ns]:
+            return AudioHeader(*entry[2:])
+        header = read_header(path)
+        if isinstance(header, AudioHeader):
+            self.entries[path] = [status.st_size, status.st_mtime_ns, header.sample_rate, header.frames,
+                                  header.channels]
+            self.changed = True
+        return header
+
+    def save(self) -> None:
+        """Write the cache (atomically: processes sharing it never read half a file) if anything was added."""
+        if not self.changed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(self.path) as handle:
+            json.dump({"format": self.FORMAT, "files": self.entries}, handle)
+        self.changed = False
 
 
 def check_audio_files(
-    paths: Iterable[str], sample_rate: int | None, min_duration: float = 0.0, max_duration: float | None = None
+    paths: Iterable[str], sample_rate: int | None, min_duration: float = 0.0, max_duration: float | None = None,
+    header_cache: str | os.PathLike | None = None,
 ) -> list[tuple[float, AudioProblem | None]]:
-    """:func:`check_audio` over many files, in order; header reads overlap on a few threads."""
+    """:func:`check_audio` over many files, in order; header reads overlap on a few threads.
+
+    ``header_cache``: a JSON file of headers already read (:class:`HeaderCache`), read and updated.
+    """
+    cache = HeaderCache(header_cache) if header_cache is not None else None
+    paths = list(paths)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: check_audio(p, sample_rate, min_duration, max_duration), paths))
+        headers = list(pool.map(cache.read if cache is not None else read_header, paths))
+    if cache is not None:
+        cache.save()
+    return [judge_header(p, h, sample_rate, min_duration, max_duration) for p, h in zip(paths, headers)]
 
 
 def summarize_problems(problems: Iterable[AudioProblem]) -> str:

@@ -45,6 +45,7 @@ def audio_dataset(
     report_file: str | Path | None = None,
     sort_by_duration: bool = False,
     resample: bool = False,
+    header_cache: str | Path | None = None,
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` of the manifests' audio, giving ``id`` and ``sig`` (S,).
 
@@ -52,7 +53,8 @@ def audio_dataset(
     multi-channel, too short or too long files are left out, counted in the log and listed
     in ``report_file``, so an epoch never meets them. ``duration`` is taken from the header.
     With ``resample``, files of any rate are accepted and resampled to ``sample_rate`` when read
-    (Common Voice's 48 kHz MP3, say).
+    (Common Voice's 48 kHz MP3, say). ``header_cache`` (a JSON file, see
+    :class:`~speechbrain_ext.data.audio.HeaderCache`) makes the check of a rerun one ``stat`` per file.
 
     Example
     -------
@@ -72,7 +74,7 @@ def audio_dataset(
         raise ValueError(f"the manifests {[str(p) for p in csv_paths]} list no utterance")
     ids = list(data)
     checks = check_audio_files(
-        [data[i]["wav"] for i in ids], None if resample else sample_rate, min_duration, max_duration
+        [data[i]["wav"] for i in ids], None if resample else sample_rate, min_duration, max_duration, header_cache
     )
     problems = [problem for _, problem in checks if problem is not None]
     for utt_id, (duration, problem) in zip(ids, checks):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from speechbrain_ext.data.audio import AudioProblem, summarize_problems
+from speechbrain_ext.files import atomic_writer
 
 #: Why `check_audio_files` can leave a file out; each corpus adds its own reasons to these.
 AUDIO_SKIP_REASONS: tuple[str, ...] = (
@@ -33,21 +32,6 @@ AUDIO_SKIP_REASONS: tuple[str, ...] = (
 )
 #: What scanning one split gives: its CSV rows (duration in column 1) and the files left out.
 ScanResult = tuple[list[list[str]], list[AudioProblem]]
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[str]]:
-    """Opens a temporary file beside `path` and renames it to `path` on success."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def already_prepared(csv_files: dict[str, Path], opt_file: Path, options: dict) -> bool:

@@ -47,6 +47,7 @@ def _datasets(hparams: dict, csvs: dict[str, Path], names: list[str], resample: 
             hparams.get("min_duration", 0.0),
             hparams.get("max_duration") if position == 0 else None,
             report_file=Path(hparams["output_folder"]) / "skipped_audio.txt",
+            header_cache=Path(hparams["output_folder"]) / "audio_headers.json",
             sort_by_duration=True,  # MP3S sorts ascending: less padding, shorter epochs first
             resample=resample,
         )

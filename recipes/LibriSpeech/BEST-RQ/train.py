@@ -38,6 +38,7 @@ def main(argv):
             hparams["avoid_if_shorter_than"],
             hparams["avoid_if_longer_than"],
             report_file=f"{hparams['output_folder']}/skipped_audio.txt",
+            header_cache=f"{hparams['output_folder']}/audio_headers.json",
             sort_by_duration=sort,
         )
 
