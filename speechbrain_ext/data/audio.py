@@ -131,8 +131,8 @@ class HeaderCache:
             except (OSError, ValueError, KeyError, AttributeError) as err:
                 logger.warning("ignoring unreadable audio header cache %s (%s): reading every header", path, err)
 
-    def read(self, path: str) -> AudioHeader | AudioProblem:
-        """Like :func:`read_header`, from the cache when the file is unchanged since it was read."""
+    def lookup(self, path: str) -> AudioHeader | AudioProblem | None:
+        """The cached header if the file is unchanged since it was read, a problem if it is missing, else None."""
         try:
             status = os.stat(path)
         except OSError:
@@ -140,6 +140,17 @@ class HeaderCache:
         entry = self.entries.get(path)
         if entry is not None and entry[:2] == [status.st_size, status.st_mtime_ns]:
             return AudioHeader(*entry[2:])
+        return None
+
+    def read(self, path: str) -> AudioHeader | AudioProblem:
+        """Like :func:`read_header`, from the cache when the file is unchanged since it was read."""
+        cached = self.lookup(path)
+        if cached is not None:
+            return cached
+        try:
+            status = os.stat(path)
+        except OSError:
+            return AudioProblem(path, "missing_audio", "no such file")
         header = read_header(path)
         if isinstance(header, AudioHeader):
             self.entries[path] = [status.st_size, status.st_mtime_ns, header.sample_rate, header.frames,
@@ -165,10 +176,15 @@ def check_audio_files(
 
     ``header_cache``: a JSON file of headers already read (:class:`HeaderCache`), read and updated.
     """
-    cache = HeaderCache(header_cache) if header_cache is not None else None
     paths = list(paths)
+    cache = HeaderCache(header_cache) if header_cache is not None else None
+    # A cache hit is one stat: done here; only the headers to read go to the threads.
+    headers = [cache.lookup(p) for p in paths] if cache is not None else [None] * len(paths)
+    missing = [i for i, header in enumerate(headers) if header is None]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        headers = list(pool.map(cache.read if cache is not None else read_header, paths))
+        read = cache.read if cache is not None else read_header
+        for i, header in zip(missing, pool.map(read, [paths[i] for i in missing])):
+            headers[i] = header
     if cache is not None:
         cache.save()
     return [judge_header(p, h, sample_rate, min_duration, max_duration) for p, h in zip(paths, headers)]
