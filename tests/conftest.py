@@ -9,12 +9,14 @@ from speechbrain_ext.mixers import MIXERS, build_mixer
 # Small but complete configurations of every registered mixer (width 32, 4 heads).
 SMALL_MIXER_KWARGS = {
     "mhsa": {},
+    "mhsa_flash": {},
     "hypermixing": {"hypernet_size": 64},
     "fastformer": {},
     "summarymixing": {"local_out": 24, "summary_out": 24},
     "mamba": {"d_state": 8},
 }
-LINEAR_MIXERS = [name for name in MIXERS if name != "mhsa"]
+# Mixers whose memory grows linearly with length: the linear ones and SDPA attention.
+LINEAR_MEMORY_MIXERS = [name for name in MIXERS if name != "mhsa"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,8 @@
 """MixerConformerEncoder: hidden states, padding invariance, positions, paper sizes."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import SMALL_MIXER_KWARGS
@@ -9,6 +12,7 @@ from speechbrain_ext.encoder import MixerConformerEncoder, masked_convolution
 from speechbrain_ext.mixers import MIXERS, Fastformer
 
 ALL_MIXERS = list(MIXERS)
+HPARAMS = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ" / "hparams"
 # The BEST-RQ paper's base widths, chosen to equalise parameters across mixers.
 PAPER_BASE_WIDTHS = {"mhsa": 576, "hypermixing": 672, "fastformer": 616, "summarymixing": 632, "mamba": 474}
 
@@ -100,15 +104,29 @@ def test_encoder_refuses_bad_configurations():
         small_encoder("mamba")(torch.randn(2, 5, 32), torch.zeros(5, 2, dtype=torch.bool))
 
 
-def count_parameters(name, d_model):
+def recipe_settings(size, name):
+    """num_encoder_layers, d_model, d_ffn, nhead of a shipped BEST-RQ recipe YAML."""
+    text = (HPARAMS / size / f"{name}.yaml").read_text()
+    keys = ("num_encoder_layers", "d_model", "d_ffn", "nhead")
+    return [int(re.search(rf"^{key}: (\d+)", text, re.M).group(1)) for key in keys]
+
+
+def count_parameters(size, name):
+    layers, d_model, d_ffn, nhead = recipe_settings(size, name)
     with torch.device("meta"):  # sizes only: nothing is allocated
-        encoder = MixerConformerEncoder(12, d_model, 2048, 8, mixer=name)
+        encoder = MixerConformerEncoder(layers, d_model, d_ffn, nhead, mixer=name)
     return sum(p.numel() for p in encoder.parameters())
 
 
-@pytest.mark.parametrize("name", [n for n in PAPER_BASE_WIDTHS if n != "mhsa"])
-def test_paper_base_widths_equalise_parameters(name):
-    reference = count_parameters("mhsa", PAPER_BASE_WIDTHS["mhsa"])
-    count = count_parameters(name, PAPER_BASE_WIDTHS[name])
-    assert 85e6 < reference < 92e6
+def test_recipe_widths_are_the_papers():
+    widths = {name: recipe_settings("base", name)[1] for name in PAPER_BASE_WIDTHS}
+    assert widths == PAPER_BASE_WIDTHS
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+@pytest.mark.parametrize("name", [n for n in MIXERS if n != "mhsa"])
+def test_recipe_widths_equalise_parameters(size, name):
+    reference = count_parameters(size, "mhsa")
+    count = count_parameters(size, name)
+    assert (85e6 < reference < 92e6) if size == "base" else (300e6 < reference < 340e6)
     assert abs(count / reference - 1) < 0.03, (name, count, reference)

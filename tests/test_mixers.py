@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import LINEAR_MIXERS, SMALL_MIXER_KWARGS, LargestTensor, small_mixer
+from conftest import LINEAR_MEMORY_MIXERS, SMALL_MIXER_KWARGS, LargestTensor, small_mixer
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
 
 from speechbrain_ext.encoder import positional_embeddings
@@ -26,8 +26,8 @@ def test_shape_in_equals_shape_out(name, length):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", LINEAR_MIXERS)
-def test_linear_mixers_take_very_long_inputs(name):
+@pytest.mark.parametrize("name", LINEAR_MEMORY_MIXERS)
+def test_linear_memory_mixers_take_very_long_inputs(name):
     # 15000 frames = 10 minutes at the encoder's 40 ms frame rate.
     mixer = build_mixer(name, 16, 4, **SMALL_MIXER_KWARGS[name]).eval()
     x = torch.randn(1, 15000, 16)
@@ -61,8 +61,8 @@ def test_padding_invariance(name):
             torch.testing.assert_close(batched[row, : utt.shape[1]], alone[0], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", LINEAR_MIXERS)
-def test_linear_mixers_allocate_no_time_by_time_tensor(name):
+@pytest.mark.parametrize("name", LINEAR_MEMORY_MIXERS)
+def test_linear_memory_mixers_allocate_no_time_by_time_tensor(name):
     mixer = small_mixer(name).train()
     # Large enough that T x T dwarfs the linear intermediates (Mamba's T x 2E x N states).
     length = 4096
@@ -132,6 +132,7 @@ def test_unknown_mixer_lists_valid_names():
     "name,kwargs,numbers",
     [
         ("mhsa", {}, ("30", "4")),
+        ("mhsa_flash", {}, ("30", "4")),
         ("fastformer", {}, ("30", "4")),
         ("hypermixing", {"hypernet_size": 64}, ("30", "4")),
         ("hypermixing", {"hypernet_size": 66}, ("66", "4")),
@@ -159,3 +160,8 @@ def test_invalid_mixer_options_are_refused():
         build_mixer("summarymixing", 32, 1, local_out=16, summary_out=24)
     with pytest.raises(ValueError, match="merge"):
         build_mixer("mamba", 32, 1, merge="multiply")
+    with pytest.raises(ValueError, match="head width d_model / nhead = 20 / 4 = 5 must be even"):
+        build_mixer("mhsa_flash", 20, 4)
+    x = torch.randn(1, 5, 32)
+    with pytest.raises(ValueError, match="attn_mask is not supported"):
+        small_mixer("mhsa_flash")(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.bool))

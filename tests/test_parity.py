@@ -3,10 +3,10 @@
 import pytest
 import torch
 from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
-from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL
+from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL, RoPEMHA
 from speechbrain.nnet.hypermixing import HyperMixing as SpeechBrainHyperMixing
 
-from speechbrain_ext.mixers import HyperMixing, RelPosMHSA
+from speechbrain_ext.mixers import FlashMHSA, HyperMixing, RelPosMHSA
 from speechbrain_ext.mixers._common import absolute_sinusoids, relative_sinusoids
 
 
@@ -61,3 +61,31 @@ def test_mhsa_matches_relposmhaxl():
     torch.testing.assert_close(given, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(computed, expected, atol=1e-5, rtol=1e-5)
     assert attn is None
+
+
+@pytest.mark.parametrize("value_bias", [False, True])
+def test_mhsa_flash_matches_ropemha_on_valid_frames(value_bias):
+    reference = RoPEMHA(48, 4, vbias=value_bias).eval()
+    if value_bias:
+        torch.nn.init.normal_(reference.value_bias_weight)
+    ours = FlashMHSA(48, 4, value_bias=value_bias).eval()
+    ours.load_state_dict(reference.state_dict())  # strict: the same parameters
+    x = torch.randn(3, 70, 48)
+    mask = padding_mask([70, 41, 9], 70)
+    with torch.no_grad():
+        expected, _ = reference(x, x, x, key_padding_mask=mask)
+        got, _ = ours(x, x, x, key_padding_mask=mask)
+    valid = ~mask
+    torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-4)
+
+
+def test_ropemha_pays_quadratic_memory_for_padding_and_mhsa_flash_does_not():
+    from conftest import LargestTensor
+
+    length = 1024
+    x = torch.randn(2, length, 32)
+    mask = padding_mask([length, 1000], length)
+    for module, quadratic in ((RoPEMHA(32, 4), True), (FlashMHSA(32, 4), False)):
+        with torch.no_grad(), LargestTensor() as largest:
+            module(x, x, x, key_padding_mask=mask)
+        assert (largest.numel >= length * length) == quadratic, (type(module).__name__, largest.op)

@@ -14,10 +14,12 @@ from speechbrain_ext.mixers.fastformer import Fastformer
 from speechbrain_ext.mixers.hypermixing import HyperMixing
 from speechbrain_ext.mixers.mamba import BidirectionalMamba, MambaBlock
 from speechbrain_ext.mixers.mhsa import RelPosMHSA
+from speechbrain_ext.mixers.mhsa_flash import FlashMHSA
 from speechbrain_ext.mixers.summary_mixing import SummaryMixing
 
 MIXERS: dict[str, type] = {
     "mhsa": RelPosMHSA,
+    "mhsa_flash": FlashMHSA,
     "hypermixing": HyperMixing,
     "fastformer": Fastformer,
     "summarymixing": SummaryMixing,
@@ -55,6 +57,7 @@ __all__ = [
     "MIXERS",
     "BidirectionalMamba",
     "Fastformer",
+    "FlashMHSA",
     "HyperMixing",
     "MambaBlock",
     "RelPosMHSA",
