@@ -1,0 +1,41 @@
+"""The speed and memory benchmark (python -m speechbrain_ext.bench) on small CPU settings."""
+
+import csv
+import json
+
+import pytest
+
+from speechbrain_ext.bench import speed_memory
+from speechbrain_ext.bench.speed_memory import Point, measure
+
+
+def test_measure_times_the_model_in_process():
+    point = measure(Point("mamba", 1.0, batch=1, mode="train", dtype="float32", device="cpu", layers=1, d_model=32,
+                          warmup=1, repeats=2))
+    assert point.status == "ok", point.error
+    assert point.ms > 0 and point.peak_mib >= point.model_mib > 0
+    assert 1e5 < point.parameters < 1e6  # front-end + 1 layer at width 32 + Linear(32, 8192)
+
+
+def test_a_failing_point_is_recorded_not_raised():
+    # SpeechBrain's absolute positional table ends at 2500 encoder frames = 100 s.
+    point = measure(Point("sb_regularMHA", 101.0, batch=1, dtype="float32", device="cpu", layers=1, d_model=32,
+                          warmup=0, repeats=1))
+    assert point.status == "failed" and "2500" in point.error and point.ms is None
+
+
+@pytest.mark.slow
+def test_sweep_writes_csv_json_and_plot_with_each_point_in_its_own_process(tmp_path, capsys):
+    points = speed_memory.main(["--mixers", "fastformer", "sb_regularMHA", "--seconds", "1", "101", "--layers", "1",
+                                "--d-model", "32", "--batch", "1", "--repeats", "1", "--output", str(tmp_path)])
+    assert [(p.mixer, p.seconds, p.status) for p in points] == [
+        ("fastformer", 1, "ok"), ("fastformer", 101, "ok"), ("sb_regularMHA", 1, "ok"), ("sb_regularMHA", 101, "failed")
+    ]
+    printed = capsys.readouterr().out
+    assert "[4/4] sb_regularMHA" in printed and "failed" in printed
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "failed"]
+    assert float(rows[1]["peak_mib"]) > float(rows[0]["peak_mib"])  # a longer input, a higher peak in its process
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["command"].startswith("python -m speechbrain_ext.bench --mixers fastformer") and meta["torch"]
+    assert (tmp_path / "results.png").stat().st_size > 10_000
