@@ -17,6 +17,16 @@ def test_measure_times_the_model_in_process():
     assert 1e5 < point.parameters < 1e6  # front-end + 1 layer at width 32 + Linear(32, 8192)
 
 
+@pytest.mark.parametrize("mixer", ["summarymixing", "sb_RoPEMHA"])
+def test_encoder_only_times_the_conformer_alone(mixer):
+    settings = dict(batch=1, mode="train", dtype="float32", device="cpu", layers=2, d_model=32, warmup=0, repeats=1)
+    encoder_only = measure(Point(mixer, 4.0, encoder_only=True, **settings))
+    whole = measure(Point(mixer, 4.0, **settings))
+    assert encoder_only.status == whole.status == "ok", encoder_only.error + whole.error
+    # The whole model adds the CNN front-end and the 8192-way head to the same Conformer.
+    assert whole.parameters - encoder_only.parameters > 32 * 8192
+
+
 def test_a_failing_point_is_recorded_not_raised():
     # SpeechBrain's absolute positional table ends at 2500 encoder frames = 100 s.
     point = measure(Point("sb_regularMHA", 101.0, batch=1, dtype="float32", device="cpu", layers=1, d_model=32,

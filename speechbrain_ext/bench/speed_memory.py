@@ -5,7 +5,8 @@
 
 The model is the one the paper times: SpeechBrain's CNN front-end, the 12 (base) or 24 (large)
 layer Conformer of each mixer at its equalised width, and a Linear(8192) head, on fbank input
-(100 frames per second, so 25 encoder frames per second). Beside our mixers, SpeechBrain's own
+(100 frames per second, so 25 encoder frames per second); ``--encoder-only`` times the Conformer
+alone on encoder frames. Beside our mixers, SpeechBrain's own
 Conformer with each of its attention types runs in the same call as a reference (``sb_*``).
 
 On a GPU: median time over the repeats, by CUDA events, after warm-up, and
@@ -90,6 +91,7 @@ class Point:
     device: str = "cuda"
     layers: int | None = None  # overrides of the size's depth and width, for small runs
     d_model: int | None = None
+    encoder_only: bool = False  # time the Conformer alone (no front-end, no head) on encoder frames
     warmup: int = 3
     repeats: int = 8
     # Filled in by the measurement.
@@ -102,7 +104,7 @@ class Point:
 
 
 def build_model(point: Point) -> nn.Module:
-    """CNN front-end + encoder + Linear(8192), as the paper times it."""
+    """CNN front-end + encoder + Linear(8192), as the paper times it (or the encoder alone)."""
     layers = point.layers or LAYERS[point.size]
     d_model = point.d_model or WIDTHS[point.size][point.mixer]
     stock = STOCK.get(point.mixer)
@@ -113,14 +115,19 @@ def build_model(point: Point) -> nn.Module:
                                    num_layers=layers if stock is None else 0, d_model=d_model)
     if stock is not None:
         speech_encoder.encoder = StockConformer(stock, layers, d_model, 2048, 8)
+    if point.encoder_only:
+        return nn.ModuleDict({"speech_encoder": speech_encoder})
     return nn.ModuleDict({"speech_encoder": speech_encoder, "head": nn.Linear(d_model, CODEBOOK_SIZE)})
 
 
-def _step(model: nn.ModuleDict, feats: torch.Tensor, lengths: torch.Tensor, targets, train: bool) -> None:
-    output = model["speech_encoder"].encode(feats, lengths)
-    logits = model["head"](output.out)
-    if train:
+def _step(model: nn.ModuleDict, inputs: tuple[torch.Tensor, torch.Tensor], targets, train: bool) -> None:
+    if "head" not in model:  # the Conformer alone, on encoder frames
+        out, _ = model["speech_encoder"].encoder(*inputs)
+        loss = out.float().pow(2).mean()
+    else:
+        logits = model["head"](model["speech_encoder"].encode(*inputs).out)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    if train:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -132,14 +139,20 @@ def measure(point: Point) -> Point:
     try:
         torch.manual_seed(0)
         model = build_model(point).to(device)
-        point.parameters = sum(p.numel() for p in model.parameters())
+        timed = model["speech_encoder"].encoder if point.encoder_only else model
+        point.parameters = sum(p.numel() for p in timed.parameters())
         model.train(point.mode == "train")
         frames = int(point.seconds * FBANK_FRAMES_PER_SECOND)
         frames += -frames % model["speech_encoder"].frames_per_token
-        feats = torch.randn(point.batch, frames, model["speech_encoder"].n_mels, device=device)
-        lengths = torch.full((point.batch,), frames, device=device)
-        targets = torch.randint(CODEBOOK_SIZE, (point.batch, frames // model["speech_encoder"].frames_per_token),
-                                device=device)
+        speech_encoder = model["speech_encoder"]
+        tokens = frames // speech_encoder.frames_per_token
+        if point.encoder_only:
+            inputs = (torch.randn(point.batch, tokens, speech_encoder.d_model, device=device),
+                      torch.zeros(point.batch, tokens, dtype=torch.bool, device=device))
+        else:
+            inputs = (torch.randn(point.batch, frames, speech_encoder.n_mels, device=device),
+                      torch.full((point.batch,), frames, device=device))
+        targets = torch.randint(CODEBOOK_SIZE, (point.batch, tokens), device=device)
         train = point.mode == "train"
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         grad = torch.enable_grad() if train else torch.inference_mode()
@@ -150,13 +163,13 @@ def measure(point: Point) -> Point:
             point.model_mib = _peak_rss_mib()
         with grad, autocast:
             for _ in range(point.warmup):
-                _step(model, feats, lengths, targets, train)
+                _step(model, inputs, targets, train)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             timings = []
             for _ in range(point.repeats):
-                timings.append(_timed(lambda: _step(model, feats, lengths, targets, train), device))
+                timings.append(_timed(lambda: _step(model, inputs, targets, train), device))
         point.ms = 1000 * statistics.median(timings)
         point.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mib()
         point.status = "ok"
@@ -235,8 +248,8 @@ def environment(device: str) -> dict:
             "cpu_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()}
 
 
-COLUMNS = ["mixer", "size", "layers", "d_model", "parameters", "seconds", "batch", "mode", "dtype", "device",
-           "ms", "peak_mib", "model_mib", "status", "error"]
+COLUMNS = ["mixer", "size", "layers", "d_model", "encoder_only", "parameters", "seconds", "batch", "mode", "dtype",
+           "device", "ms", "peak_mib", "model_mib", "status", "error"]
 
 
 def write_results(points: list[Point], output: Path, command: str) -> None:
@@ -279,6 +292,7 @@ def plot_results(points: list[Point], path: Path) -> None:
     time_axis.legend(fontsize=7)
     model = f"{first.size} model" if first.layers is None and first.d_model is None else (
         f"{first.layers or LAYERS[first.size]} layers, d_model {first.d_model or 'equalised'}")
+    model += ", encoder only" if first.encoder_only else ", front-end + encoder + Linear(8192)"
     figure.suptitle(f"{model}, batch {first.batch}, {first.dtype}, {environment(first.device)['device']}"
                     " (x: out of memory or failed)", fontsize=9)
     figure.tight_layout()
@@ -300,6 +314,8 @@ def main(argv: list[str] | None = None) -> list[Point]:
     parser.add_argument("--device", default="cuda" if gpu else "cpu")
     parser.add_argument("--layers", type=int, default=None, help="override the size's depth")
     parser.add_argument("--d-model", type=int, default=None, help="one width for every mixer (default: equalised)")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="time the Conformer alone on encoder frames (no CNN front-end, no head)")
     parser.add_argument("--warmup", type=int, default=3 if gpu else 1)
     parser.add_argument("--repeats", type=int, default=8 if gpu else 3)
     parser.add_argument("--output", type=Path, default=Path("bench_results"))
@@ -309,7 +325,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
         parser.error(f"unknown mixers {unknown}; valid: {', '.join(list(MIXERS) + list(STOCK))}")
     points = [
         Point(mixer, seconds, args.size, args.batch, args.mode, args.dtype, args.device, args.layers, args.d_model,
-              args.warmup, args.repeats)
+              args.encoder_only, args.warmup, args.repeats)
         for mixer in args.mixers for seconds in args.seconds
     ]
     command = "python -m speechbrain_ext.bench " + " ".join(argv if argv is not None else sys.argv[1:])
