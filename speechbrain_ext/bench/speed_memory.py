@@ -242,8 +242,16 @@ def run_sweep(points: list[Point], output: Path, command: str) -> list[Point]:
     return done
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
-    card = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine()
+    card = torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name()
     return {"device": card, "torch": torch.__version__, "python": platform.python_version(),
             "cpu_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()}
 
