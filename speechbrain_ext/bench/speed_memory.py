@@ -198,7 +198,16 @@ def _timed(step, device: torch.device) -> float:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident memory of this process's own address space.
+
+    ``VmHWM`` rather than ``ru_maxrss``: a spawned child's ``ru_maxrss`` keeps its parent's resident
+    size at the fork, so a large parent would hide the child's own peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _measure_in_child(point: Point, threads: int, queue) -> None:
