@@ -82,3 +82,23 @@ def demo_run(tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result.stdout
+
+
+def read_csv(path):
+    """Header and rows (dicts) of a CSV manifest."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        return header, [dict(zip(header, row)) for row in reader]
+
+
+@pytest.fixture
+def corpus(pristine, tmp_path):
+    """A writable copy of the test module's ``pristine`` corpus, for tests that damage or extend it."""
+    import shutil
+
+    root = tmp_path / pristine.name
+    shutil.copytree(pristine, root)
+    return root

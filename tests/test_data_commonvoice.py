@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import read_csv
 
 from speechbrain_ext.data import commonvoice
 from speechbrain_ext.data.commonvoice import (
@@ -38,13 +39,6 @@ def pristine(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def corpus(pristine, tmp_path):
-    root = tmp_path / "cv-corpus"
-    shutil.copytree(pristine, root)
-    return root
-
-
 def read_tsv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -53,13 +47,6 @@ def read_tsv(path):
 def write_tsv(path, header, rows):
     lines = ["\t".join(header)] + ["\t".join(row.get(col, "") for col in header) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return header, [dict(zip(header, row)) for row in reader]
 
 
 def read_skipped(save):

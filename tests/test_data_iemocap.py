@@ -1,6 +1,5 @@
 """Tests of the toy IEMOCAP and of prepare_iemocap (with deliberately bad files)."""
 
-import csv
 import logging
 import os
 import re
@@ -10,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_bad_audio
+from conftest import read_csv, write_bad_audio
 
 from speechbrain_ext.data import iemocap
 from speechbrain_ext.data.iemocap import OPT_FILE, SKIPPED_FILE, prepare_iemocap, speaker_number
@@ -27,20 +26,6 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pristine")
     write_toy_iemocap(root, utterances_per_emotion_per_speaker=PER_EMOTION, seed=1)
     return root
-
-
-@pytest.fixture
-def corpus(pristine, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(pristine, root)
-    return root
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return header, [dict(zip(header, row)) for row in reader]
 
 
 def read_labels(release):

@@ -1,13 +1,12 @@
 """Tests of prepare_librispeech on toy LibriSpeech corpora (with deliberately bad files)."""
 
-import csv
 import logging
 import os
-import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import read_csv
 
 from speechbrain_ext.data import librispeech
 from speechbrain_ext.data.librispeech import (
@@ -36,20 +35,6 @@ def pristine(tmp_path_factory):
         seed=1,
     )
     return root
-
-
-@pytest.fixture
-def corpus(pristine, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(pristine, root)
-    return root
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return header, [dict(zip(header, row)) for row in reader]
 
 
 def transcripts(split_dir):

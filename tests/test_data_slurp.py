@@ -1,6 +1,5 @@
 """Tests of prepare_slurp and the toy SLURP (layout, manifests, bad files, learnable scenarios)."""
 
-import csv
 import json
 import logging
 import os
@@ -9,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_bad_audio
+from conftest import read_csv, write_bad_audio
 
 from speechbrain_ext.data import slurp
 from speechbrain_ext.data.slurp import CSV_HEADER, OPT_FILE, SCENARIOS, SKIPPED_FILE, prepare_slurp
@@ -31,23 +30,9 @@ def pristine(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def corpus(pristine, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(pristine, root)
-    return root
-
-
 def read_jsonl(root, split):
     lines = (root / "dataset" / "slurp" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return header, [dict(zip(header, row)) for row in reader]
 
 
 def read_skipped(save):

@@ -1,6 +1,5 @@
 """Tests of the toy VoxCeleb1 and of prepare_voxceleb1 (with deliberately bad files)."""
 
-import csv
 import logging
 import os
 import re
@@ -9,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_bad_audio
+from conftest import read_csv, write_bad_audio
 
 from speechbrain_ext.data import voxceleb
 from speechbrain_ext.data.toy import write_toy_voxceleb1
@@ -33,20 +32,6 @@ def pristine(tmp_path_factory):
 def prepared(pristine, tmp_path_factory):
     save = tmp_path_factory.mktemp("prepared")
     return prepare_voxceleb1(pristine, save), save
-
-
-@pytest.fixture
-def corpus(pristine, tmp_path):
-    root = tmp_path / "VoxCeleb1"
-    shutil.copytree(pristine, root)
-    return root
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return header, [dict(zip(header, row)) for row in reader]
 
 
 def read_trials(vox):
