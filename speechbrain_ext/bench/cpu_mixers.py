@@ -16,20 +16,15 @@ from typing import Optional
 
 import torch
 
+from speechbrain_ext.bench.speed_memory import WIDTHS
 from speechbrain_ext.encoder import MixerConformerEncoder
 from speechbrain_ext.mixers import MIXERS, build_mixer
-
-# The BEST-RQ paper's base widths (12 layers, d_ffn 2048, 8 heads): about equal parameter counts; mhsa_flash
-# (not in the paper) widened to the same budget, as in its recipe YAML.
-BASE_WIDTHS = {
-    "mhsa": 576, "mhsa_flash": 592, "hypermixing": 672, "fastformer": 616, "summarymixing": 632, "mamba": 474
-}
 
 
 def base_encoder_parameters(mixer: str) -> int:
     """Parameters of the paper's base encoder for ``mixer``, counted without allocating it."""
     with torch.device("meta"):
-        encoder = MixerConformerEncoder(12, BASE_WIDTHS[mixer], 2048, 8, mixer=mixer)
+        encoder = MixerConformerEncoder(12, WIDTHS["base"][mixer], 2048, 8, mixer=mixer)
     return sum(p.numel() for p in encoder.parameters())
 
 

@@ -137,26 +137,29 @@ class HeaderCache:
             status = os.stat(path)
         except OSError:
             return AudioProblem(path, "missing_audio", "no such file")
-        entry = self.entries.get(path)
-        if entry is not None and entry[:2] == [status.st_size, status.st_mtime_ns]:
-            return AudioHeader(*entry[2:])
-        return None
+        return self._cached(path, status)
 
     def read(self, path: str) -> AudioHeader | AudioProblem:
         """Like :func:`read_header`, from the cache when the file is unchanged since it was read."""
-        cached = self.lookup(path)
-        if cached is not None:
-            return cached
         try:
             status = os.stat(path)
         except OSError:
             return AudioProblem(path, "missing_audio", "no such file")
+        cached = self._cached(path, status)
+        if cached is not None:
+            return cached
         header = read_header(path)
         if isinstance(header, AudioHeader):
             self.entries[path] = [status.st_size, status.st_mtime_ns, header.sample_rate, header.frames,
                                   header.channels]
             self.changed = True
         return header
+
+    def _cached(self, path: str, status: os.stat_result) -> AudioHeader | None:
+        entry = self.entries.get(path)
+        if entry is not None and entry[:2] == [status.st_size, status.st_mtime_ns]:
+            return AudioHeader(*entry[2:])
+        return None
 
     def save(self) -> None:
         """Write the cache (atomically: processes sharing it never read half a file) if anything was added."""
