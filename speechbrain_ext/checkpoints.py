@@ -6,6 +6,11 @@ checkpoint and fails to load (``EOFError`` on a half-written ``optimizer.ckpt``)
 older checkpoints were complete. ``AtomicCheckpointer`` writes every file into a staging folder, flushes it to disk
 and only then renames it to its ``CKPT+...`` name, so the folder that resumption picks is always whole.
 
+A checkpoint can still break after it was written (a disk error, a truncated copy, an edited ``CKPT.yaml``).
+Resumption then falls back: it loads the newest (or best) checkpoint that loads, names every one that does not
+(path and error) in the log, and moves those aside as ``corrupt-CKPT+...`` so that they are kept for inspection
+but never picked again. When none loads, it raises with every path and error.
+
 Use it wherever SpeechBrain's ``Checkpointer`` goes::
 
     checkpointer: !new:speechbrain_ext.checkpoints.AtomicCheckpointer
@@ -20,6 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
 from speechbrain.utils.checkpoints import (
     DEFAULT_SAVE_HOOKS,
     METAFNAME,
@@ -35,6 +41,7 @@ logger = logging.getLogger(__name__)
 # Not starting with "CKPT", so SpeechBrain never lists a staging folder as a checkpoint.
 STAGING_PREFIX = ".incomplete-"
 REPLACED_PREFIX = "replaced-"
+CORRUPT_PREFIX = "corrupt-"
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -58,9 +65,63 @@ class AtomicCheckpointer(Checkpointer):
     """SpeechBrain's ``Checkpointer`` whose checkpoints appear only once every file is written.
 
     Same arguments, recovery, selection and deletion as ``speechbrain.utils.checkpoints.Checkpointer``; only
-    ``save_checkpoint`` differs (staging folder, fsync, rename). Staging folders left by an interrupted save are
-    removed, with a warning, by the next save.
+    ``save_checkpoint`` (staging folder, fsync, rename) and recovery from a broken checkpoint differ: see the
+    module docstring. Staging folders left by an interrupted save are removed, with a warning, by the next save.
     """
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint whose ``CKPT.yaml`` reads as a mapping; the others are reported and left out."""
+        checkpoints = []
+        self.unlisted = {}  # folder -> why it is not a checkpoint
+        for folder in self._list_checkpoint_dirs():
+            try:
+                with open(folder / METAFNAME, encoding="utf-8") as handle:
+                    meta = yaml.safe_load(handle)
+                if not isinstance(meta, dict) or "end-of-epoch" not in meta:
+                    raise ValueError(f"{METAFNAME} is not a checkpoint description: {str(meta)[:80]!r}")
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                logger.error(f"Ignoring the broken checkpoint {folder}: {type(err).__name__}: {err}")
+                self.unlisted[folder] = err
+                continue
+            paramfiles = {path.stem: path for path in folder.iterdir() if path.suffix == PARAMFILE_EXT}
+            checkpoints.append(Checkpoint(folder, meta, paramfiles))
+        return checkpoints
+
+    def recover_if_possible(
+        self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
+    ) -> Checkpoint | None:
+        """Loads the first checkpoint, in SpeechBrain's order of preference, that loads; None if there is none.
+
+        Checkpoints before it that fail to load are logged with their path and error and, once an older one has
+        loaded, moved aside (``corrupt-CKPT+...``). If every checkpoint fails (a model that no longer matches its
+        checkpoints, say), nothing is moved and the errors are raised together.
+        """
+        candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate)
+        failures = []
+        for checkpoint in candidates:
+            try:
+                self.load_checkpoint(checkpoint)
+            except Exception as err:  # noqa: BLE001 - any failure to read or apply a file: try an older one
+                logger.error(f"Could not load the checkpoint {checkpoint.path}: {type(err).__name__}: {err}")
+                failures.append((checkpoint, err))
+                continue
+            for folder, err in [*self.unlisted.items(), *((c.path, e) for c, e in failures)]:
+                self._set_aside(folder, err)
+            return checkpoint
+        if failures:
+            details = "\n".join(f"  {c.path}: {type(e).__name__}: {e}" for c, e in failures)
+            raise RuntimeError(f"no checkpoint in {self.checkpoints_dir} loads:\n{details}") from failures[0][1]
+        logger.info("Would load a checkpoint here, but none found yet.")
+        return None
+
+    def _set_aside(self, folder: Path, err: Exception) -> None:
+        if not if_main_process() or not folder.exists():
+            return
+        target = folder.with_name(CORRUPT_PREFIX + folder.name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(folder, target)
+        logger.warning(f"Moved the checkpoint that fails to load ({type(err).__name__}) aside to {target}; "
+                       f"resumed from an older one")
 
     def save_checkpoint(
         self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None,

@@ -1,10 +1,12 @@
 """AtomicCheckpointer: a save interrupted half-way never becomes the checkpoint that a run resumes from."""
 
+import time
+
 import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer, mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from speechbrain_ext.checkpoints import STAGING_PREFIX, AtomicCheckpointer
+from speechbrain_ext.checkpoints import CORRUPT_PREFIX, STAGING_PREFIX, AtomicCheckpointer
 
 
 class Interrupted(Exception):
@@ -96,3 +98,76 @@ def test_swap_interrupted_between_renames_gets_the_old_version_back(tmp_path):
     saved.path.rename(saved.path.with_name(STAGING_PREFIX + "replaced-" + saved.path.name))
     assert checkpointer.remove_incomplete() == 0
     assert resumed_step(AtomicCheckpointer, tmp_path) == 3
+
+
+def two_checkpoints(folder):
+    """An older and a newer checkpoint of a model, its optimizer and an epoch counter (epochs 1 and 2)."""
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    counter = EpochCounter(10)
+    checkpointer = AtomicCheckpointer(folder, {"model": model, "optimizer": optimizer, "counter": counter})
+    counter.current = 1
+    older = checkpointer.save_checkpoint(meta={"epoch": 1})
+    time.sleep(0.01)  # distinct recency
+    counter.current = 2
+    newer = checkpointer.save_checkpoint(meta={"epoch": 2})
+    return older, newer
+
+
+def fresh_checkpointer(folder):
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    model = torch.nn.Linear(3, 3)
+    counter = EpochCounter(10)
+    objects = {"model": model, "optimizer": torch.optim.Adam(model.parameters()), "counter": counter}
+    return AtomicCheckpointer(folder, objects), counter
+
+
+CORRUPTIONS = {
+    "truncated model.ckpt": lambda c: (c / "model.ckpt").write_bytes((c / "model.ckpt").read_bytes()[:100]),
+    "empty optimizer.ckpt": lambda c: (c / "optimizer.ckpt").write_bytes(b""),
+    "garbage counter.ckpt": lambda c: (c / "counter.ckpt").write_text("not a number"),
+    "unparsable CKPT.yaml": lambda c: (c / "CKPT.yaml").write_text("{[: : ]"),
+    "CKPT.yaml of the wrong shape": lambda c: (c / "CKPT.yaml").write_text("just some words"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_broken_latest_checkpoint_falls_back_to_the_older_one(corruption, tmp_path, caplog):
+    older, newer = two_checkpoints(tmp_path)
+    CORRUPTIONS[corruption](newer.path)
+    checkpointer, counter = fresh_checkpointer(tmp_path)
+    with caplog.at_level("WARNING"):
+        loaded = checkpointer.recover_if_possible()
+    assert loaded.path == older.path and counter.current == 1
+    assert str(newer.path) in caplog.text  # reported by path
+    assert not newer.path.exists() and (tmp_path / (CORRUPT_PREFIX + newer.path.name)).is_dir()  # kept aside
+    # The next run meets only the good checkpoint, and new saves rotate normally.
+    checkpointer, counter = fresh_checkpointer(tmp_path)
+    assert checkpointer.recover_if_possible().path == older.path
+    checkpointer.save_and_keep_only(num_to_keep=1)
+    assert len(list(tmp_path.glob("CKPT+*"))) == 1
+
+
+def test_when_no_checkpoint_loads_the_error_names_each_and_nothing_is_moved(tmp_path):
+    older, newer = two_checkpoints(tmp_path)
+    for checkpoint in (older, newer):
+        CORRUPTIONS["empty optimizer.ckpt"](checkpoint.path)
+    checkpointer, _ = fresh_checkpointer(tmp_path)
+    with pytest.raises(RuntimeError, match="no checkpoint in .* loads") as raised:
+        checkpointer.recover_if_possible()
+    assert str(older.path) in str(raised.value) and str(newer.path) in str(raised.value)
+    assert older.path.is_dir() and newer.path.is_dir()
+
+
+def test_a_model_that_no_longer_matches_its_checkpoints_is_an_error_not_a_fallback(tmp_path):
+    two_checkpoints(tmp_path)
+    model = torch.nn.Linear(4, 4)  # the user changed the width
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": model}, allow_partial_load=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        checkpointer.recover_if_possible()
+    assert len(list(tmp_path.glob("CKPT+*"))) == 2
