@@ -10,10 +10,12 @@ import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process
 
+from speechbrain_ext.training import ResilientBrain
+
 logger = logging.getLogger(__name__)
 
 
-class BestRQBrain(sb.Brain):
+class BestRQBrain(ResilientBrain):
     """Trains ``modules.model`` (a :class:`~speechbrain_ext.bestrq.BestRQ`).
 
     Reads from hparams: ``lr_scheduler`` (stepped on every optimizer step), ``train_logger``,
@@ -21,7 +23,8 @@ class BestRQBrain(sb.Brain):
     ``tensorboard_folder``, ``checkpoints_to_keep``. Precision, gradient accumulation,
     gradient clipping, the optimizer step limit and timed checkpoints are SpeechBrain's
     own options (``precision``, ``grad_accumulation_factor``, ``max_grad_norm``,
-    ``optimizer_step_limit``, ``ckpt_interval_minutes``).
+    ``optimizer_step_limit``, ``ckpt_interval_minutes``). Resumption is exact and undecodable audio is skipped
+    (:class:`~speechbrain_ext.training.ResilientBrain`).
     """
 
     def __init__(self, *args, **kwargs) -> None:

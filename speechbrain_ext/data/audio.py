@@ -92,7 +92,7 @@ def check_audio(
     ``sample_rate`` None accepts any rate (for audio that is resampled when read).
 
     Reasons: ``missing_audio``, ``empty``, ``unreadable``, ``wrong_sample_rate``, ``not_mono``,
-    ``too_short``, ``too_long``.
+    ``too_short``, ``too_long`` (and ``undecodable`` from :func:`check_audio_files`).
 
     Example
     -------
@@ -171,13 +171,80 @@ class HeaderCache:
         self.changed = False
 
 
+class UndecodableList:
+    """Files whose header was fine but whose data failed to decode, kept in a TSV file shared by processes.
+
+    Each line is ``path, size, mtime_ns, error``; an entry holds while the file's size and modification time do,
+    so a file replaced by a good copy is used again. Lines are appended in one write each (data loader workers
+    of several processes may add at once).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> audio = Path(folder) / "a.flac"
+    >>> _ = audio.write_bytes(b"fLaC....")
+    >>> UndecodableList(Path(folder) / UndecodableList.NAME).add(str(audio), "truncated")
+    >>> UndecodableList(Path(folder) / UndecodableList.NAME).problem(str(audio)).reason
+    'undecodable'
+    """
+
+    NAME = "audio_undecodable.tsv"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, tuple[int, int, str]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                fields = line.split("\t")
+                if len(fields) == 4 and fields[1].isdigit() and fields[2].isdigit():
+                    self.entries[fields[0]] = (int(fields[1]), int(fields[2]), fields[3])
+
+    def problem(self, path: str) -> AudioProblem | None:
+        """Why ``path`` is on the list (if it is, and unchanged since), else None."""
+        entry = self.entries.get(path)
+        if entry is None:
+            return None
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        if (status.st_size, status.st_mtime_ns) != entry[:2]:
+            return None
+        return AudioProblem(path, "undecodable", entry[2])
+
+    def add(self, path: str, detail: str) -> None:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return
+        detail = " ".join(detail.split())[:300]
+        self.entries[path] = (status.st_size, status.st_mtime_ns, detail)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{path}\t{status.st_size}\t{status.st_mtime_ns}\t{detail}\n")
+
+
+def decode_problem(path: str) -> AudioProblem | None:
+    """Decodes the whole file; the problem if that fails, else None."""
+    try:
+        with sf.SoundFile(path) as handle:
+            while handle.read(1 << 20, dtype="float32").size:  # in blocks: a 1 h file never sits in memory
+                pass
+    except Exception as err:  # noqa: BLE001 - any failure to decode
+        return AudioProblem(path, "undecodable", " ".join(str(err).split()))
+    return None
+
+
 def check_audio_files(
     paths: Iterable[str], sample_rate: int | None, min_duration: float = 0.0, max_duration: float | None = None,
-    header_cache: str | os.PathLike | None = None,
+    header_cache: str | os.PathLike | None = None, decode: bool = False, undecodable: UndecodableList | None = None,
 ) -> list[tuple[float, AudioProblem | None]]:
     """:func:`check_audio` over many files, in order; header reads overlap on a few threads.
 
     ``header_cache``: a JSON file of headers already read (:class:`HeaderCache`), read and updated.
+    ``undecodable``: files on that list (and unchanged) are left out as ``undecodable``. ``decode``: every
+    file whose header is fine is also decoded in full; those that fail are left out and added to the list.
     """
     paths = list(paths)
     cache = HeaderCache(header_cache) if header_cache is not None else None
@@ -190,7 +257,18 @@ def check_audio_files(
             headers[i] = header
     if cache is not None:
         cache.save()
-    return [judge_header(p, h, sample_rate, min_duration, max_duration) for p, h in zip(paths, headers)]
+    checks = [judge_header(p, h, sample_rate, min_duration, max_duration) for p, h in zip(paths, headers)]
+    if undecodable is not None:
+        checks = [(d, problem or undecodable.problem(p)) for p, (d, problem) in zip(paths, checks)]
+    if decode:
+        good = [i for i, (_, problem) in enumerate(checks) if problem is None]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for i, problem in zip(good, pool.map(decode_problem, [paths[i] for i in good])):
+                if problem is not None:
+                    checks[i] = (checks[i][0], problem)
+                    if undecodable is not None:
+                        undecodable.add(paths[i], problem.detail)
+    return checks
 
 
 def summarize_problems(problems: Iterable[AudioProblem]) -> str:

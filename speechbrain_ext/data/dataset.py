@@ -11,7 +11,12 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_ext.data.audio import check_audio_files, read_audio_resampled, summarize_problems
+from speechbrain_ext.data.audio import (
+    UndecodableList,
+    check_audio_files,
+    read_audio_resampled,
+    summarize_problems,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ def audio_dataset(
     sort_by_duration: bool = False,
     resample: bool = False,
     header_cache: str | Path | None = None,
+    check_decoding: bool = False,
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` of the manifests' audio, giving ``id`` and ``sig`` (S,).
 
@@ -55,6 +61,12 @@ def audio_dataset(
     With ``resample``, files of any rate are accepted and resampled to ``sample_rate`` when read
     (Common Voice's 48 kHz MP3, say). ``header_cache`` (a JSON file, see
     :class:`~speechbrain_ext.data.audio.HeaderCache`) makes the check of a rerun one ``stat`` per file.
+
+    A file whose header is fine but whose data fails to decode during training gives ``sig`` None: the batch
+    goes on without it (:func:`speechbrain_ext.training.collate_decoded`), a warning names it, and it is
+    added to a skip list beside the header cache (``audio_undecodable.tsv``) so that no later run meets it
+    again (until the file changes). ``check_decoding`` decodes every file up front instead (slow: it reads
+    all the audio), leaving out those that fail.
 
     Example
     -------
@@ -73,8 +85,10 @@ def audio_dataset(
     if not data:
         raise ValueError(f"the manifests {[str(p) for p in csv_paths]} list no utterance")
     ids = list(data)
+    undecodable = UndecodableList(Path(header_cache).with_name(UndecodableList.NAME)) if header_cache else None
     checks = check_audio_files(
-        [data[i]["wav"] for i in ids], None if resample else sample_rate, min_duration, max_duration, header_cache
+        [data[i]["wav"] for i in ids], None if resample else sample_rate, min_duration, max_duration, header_cache,
+        decode=check_decoding, undecodable=undecodable,
     )
     problems = [problem for _, problem in checks if problem is not None]
     for utt_id, (duration, problem) in zip(ids, checks):
@@ -103,13 +117,18 @@ def audio_dataset(
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
-    def read_signal(wav: str) -> torch.Tensor:
+    def read_signal(wav: str) -> torch.Tensor | None:
         try:
             if resample:
                 return read_audio_resampled(wav, sample_rate)
             return sb.dataio.dataio.read_audio(wav)
-        except Exception as err:  # a file that changed or broke after the header check
-            raise RuntimeError(f"could not decode {wav}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - data that fails to decode although its header was fine
+            detail = " ".join(str(err).split())
+            logger.warning("could not decode %s (%s): left out of its batch%s", wav, detail,
+                           f", and of later runs (listed in {undecodable.path})" if undecodable else "")
+            if undecodable is not None:
+                undecodable.add(wav, detail)
+            return None
 
     dataset.add_dynamic_item(read_signal)
     dataset.set_output_keys(["id", "sig"])

@@ -18,6 +18,8 @@ from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.metric_stats import EER, ErrorRateStats
 from torch import nn
 
+from speechbrain_ext.training import ResilientBrain
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class AngularMarginLoss(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-class DownstreamBrain(sb.Brain):
+class DownstreamBrain(ResilientBrain):
     """A head trained on the weighted layers of a frozen encoder.
 
     modules: ``ssl`` (``WeightedEncoderFeatures``) and ``head``. hparams: ``model_opt_class``,
@@ -164,9 +166,11 @@ class VerificationBrain(ClassificationBrain):
         self.modules.eval()
         # Brain.evaluate writes its checkpoint prefix into the options it is given: not a loader option.
         loader_kwargs = {key: value for key, value in loader_kwargs.items() if key != "ckpt_prefix"}
-        loader = sb.dataio.dataloader.make_dataloader(dataset, **loader_kwargs)
+        loader = self.make_dataloader(dataset, sb.Stage.TEST, ckpt_prefix=None, **loader_kwargs)
         out = {}
         for batch in loader:
+            if batch is None:  # every utterance of it failed to decode (logged)
+                continue
             feats, lengths = self.features(batch)
             vectors = F.normalize(self.modules.head.embed(feats, lengths), dim=-1)
             out.update(zip(batch.id, vectors.cpu()))
@@ -175,8 +179,12 @@ class VerificationBrain(ClassificationBrain):
     def verify(self, dataset, trials: list[tuple[int, str, str]], loader_kwargs: dict) -> float:
         """Equal error rate over ``trials`` (label, enrol ID, test ID) with cosine scores."""
         vectors = self.embeddings(dataset, loader_kwargs)
+        usable = [(label, enrol, test) for label, enrol, test in trials if enrol in vectors and test in vectors]
+        if len(usable) < len(trials):
+            logger.warning("left out %d of %d trials: their audio failed to decode", len(trials) - len(usable),
+                           len(trials))
         scores = {1: [], 0: []}
-        for label, enrol, test in trials:
+        for label, enrol, test in usable:
             scores[label].append(float(vectors[enrol] @ vectors[test]))
         if not scores[1] or not scores[0]:
             raise ValueError("verification needs positive and negative trials")

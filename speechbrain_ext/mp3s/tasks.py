@@ -20,6 +20,7 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain_ext.bestrq.model import SpeechEncoder
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.mp3s.brains import ClassificationBrain, CTCBrain, VerificationBrain, write_results
+from speechbrain_ext.training import write_run_hyperparams
 
 RESULTS_FILE = "results.json"
 
@@ -192,7 +193,7 @@ def run(task_key: str, argv: list[str]) -> list[dict]:
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+    write_run_hyperparams(hparams["output_folder"], hparams_file, overrides)
     splits = task.prepare(hparams)
 
     brain = task.brain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,

@@ -17,6 +17,7 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain_ext.bestrq.brain import BestRQBrain, dynamic_batching, export_encoder
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.librispeech import prepare_librispeech
+from speechbrain_ext.training import write_run_hyperparams
 
 
 def main(argv):
@@ -24,7 +25,7 @@ def main(argv):
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides)
+    write_run_hyperparams(hparams["output_folder"], hparams_file, overrides)
 
     splits = hparams["train_splits"] + hparams["valid_splits"]
     prep = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"], "splits": splits}
@@ -40,6 +41,7 @@ def main(argv):
             report_file=f"{hparams['output_folder']}/skipped_audio.txt",
             header_cache=f"{hparams['output_folder']}/audio_headers.json",
             sort_by_duration=sort,
+            check_decoding=hparams.get("check_decoding", False),
         )
 
     train_data, valid_data = dataset(hparams["train_splits"]), dataset(hparams["valid_splits"], sort=True)
