@@ -18,6 +18,7 @@ from speechbrain_ext.mixers import build_mixer
 from speechbrain_ext.mixers._common import (
     absolute_sinusoids,
     check_padding_mask,
+    check_sizes,
     relative_sinusoids,
 )
 
@@ -52,6 +53,21 @@ def masked_convolution(
     if key_padding_mask is not None:
         out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
     return out
+
+
+def check_encoder_options(
+    num_layers: int, d_model: int, d_ffn: int, nhead: int, kernel_size: int, dropout: float, layerdrop_prob: float
+) -> None:
+    """One clear ValueError for the first bad size or rate of a Conformer encoder, before anything is built."""
+    check_sizes("MixerConformerEncoder", num_layers=num_layers, d_model=d_model, d_ffn=d_ffn, nhead=nhead,
+                kernel_size=kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"MixerConformerEncoder: kernel_size must be odd (the convolution keeps the length "
+                         f"with 'same' padding), got {kernel_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"MixerConformerEncoder: dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= layerdrop_prob < 1.0:
+        raise ValueError(f"MixerConformerEncoder: layerdrop_prob must be in [0, 1), got {layerdrop_prob}")
 
 
 class MixerConformerLayer(nn.Module):
@@ -112,7 +128,13 @@ class MixerConformerLayer(nn.Module):
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """(B, T, E) -> (B, T, E); ``key_padding_mask`` (B, T) is True at padded frames."""
+        """(B, T, E) -> (B, T, E); ``key_padding_mask`` (B, T) is True at padded frames.
+
+        Padded frames are zeroed first: whatever they hold (inf, NaN, 1e30) then never reaches a valid frame
+        (a zero attention weight times an infinite value is NaN).
+        """
+        if key_padding_mask is not None:
+            x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         x = x + 0.5 * self.ffn_module1(x)
         normed = self.norm1(x)
         mixed, _ = self.mha_layer(normed, normed, normed, key_padding_mask=key_padding_mask, pos_embs=pos_embs)
@@ -174,8 +196,7 @@ class MixerConformerEncoder(nn.Module):
         mixer_kwargs: Optional[dict] = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= layerdrop_prob < 1.0:
-            raise ValueError(f"layerdrop_prob must be in [0, 1), got {layerdrop_prob}")
+        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
         mixer_kwargs = dict(mixer_kwargs or {})
         self.layers = nn.ModuleList(
             MixerConformerLayer(
@@ -189,7 +210,7 @@ class MixerConformerEncoder(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = LayerNorm(d_model)
-        self.pos_embs_kind = getattr(self.layers[0].mha_layer, "pos_embs_kind", None) if num_layers else None
+        self.pos_embs_kind = getattr(self.layers[0].mha_layer, "pos_embs_kind", None)
         self.layerdrop_prob = layerdrop_prob
         self.output_hidden_states = output_hidden_states
 

@@ -92,6 +92,28 @@ class RandomState:
             self.pending = None
 
 
+@register_checkpoint_hooks
+class EpochTotals:
+    """A brain's running totals of the current training epoch (the ones its logged metrics divide), checkpointed.
+
+    Without them, a run resumed mid-epoch would log running metrics over the batches since the restart only.
+    The brain supplies them (``epoch_totals``) and takes them back (``restore_epoch_totals``) at the start of
+    the resumed training stage.
+    """
+
+    def __init__(self, brain: ResilientBrain) -> None:
+        self.brain = brain
+        self.pending: dict | None = None
+
+    @mark_as_saver
+    def save(self, path: Path) -> None:
+        torch.save(self.brain.epoch_totals(), path)
+
+    @mark_as_loader
+    def load(self, path: Path, end_of_epoch: bool) -> None:
+        self.pending = None if end_of_epoch else torch.load(path)
+
+
 def collate_decoded(examples: list[dict]) -> PaddedBatch | None:
     """SpeechBrain's ``PaddedBatch`` of the examples whose audio decoded (``sig`` not None); None if none did.
 
@@ -109,7 +131,9 @@ class ResilientBrain(sb.Brain):
     """SpeechBrain's ``Brain`` with exact resumption and batches that survive undecodable audio.
 
     - The random generators are checkpointed with the other recoverables (as ``random_state``; optional on
-      load, so checkpoints written before it existed still resume).
+      load, so checkpoints written before it existed still resume), and so are the running totals of the
+      epoch (``epoch_totals``): a subclass with running metrics overrides :meth:`epoch_totals` and
+      :meth:`restore_epoch_totals` and calls ``super().on_stage_start`` after resetting them.
     - Data loaders collate with :func:`collate_decoded` unless a ``collate_fn`` is given; a batch left with no
       utterance is skipped (no forward pass, no optimizer step, running loss unchanged).
     - After each validation, a rerun's pending ``hyperparams.yaml`` (see :func:`write_run_hyperparams`)
@@ -119,8 +143,22 @@ class ResilientBrain(sb.Brain):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.random_state = RandomState()
+        self.resumed_totals = EpochTotals(self)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
+            self.checkpointer.add_recoverable("epoch_totals", self.resumed_totals, optional_load=True)
+
+    def epoch_totals(self) -> dict:
+        """The running totals of the training epoch so far (saved with intra-epoch checkpoints)."""
+        return {}
+
+    def restore_epoch_totals(self, totals: dict) -> None:
+        """Takes back what :meth:`epoch_totals` returned, when a run resumes mid-epoch."""
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN and self.resumed_totals.pending is not None:
+            self.restore_epoch_totals(self.resumed_totals.pending)
+            self.resumed_totals.pending = None
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         loader_kwargs.setdefault("collate_fn", collate_decoded)
@@ -143,6 +181,8 @@ class ResilientBrain(sb.Brain):
         return super().update_average(loss, avg_loss)
 
     def _fit_valid(self, valid_set, epoch, enable):
+        # Resumed at the end of the training loop (no batch left): the generators are restored here.
+        self.random_state.apply_pending()
         super()._fit_valid(valid_set, epoch, enable)
         if valid_set is not None and if_main_process():
             promote_run_hyperparams(getattr(getattr(self, "hparams", None), "output_folder", None))

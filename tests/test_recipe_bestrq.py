@@ -103,7 +103,7 @@ def saved_step(save_folder):
         return None
 
 
-def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path):
+def test_kill_9_then_resume_continues_from_the_last_checkpoint_with_the_same_losses(corpus, tmp_path):
     out = tmp_path / "out"
     args = command("fastformer", corpus, out, "--number_of_epochs=50", "--ckpt_interval_minutes=0",
                    "--ckpt_interval_steps=3")
@@ -133,9 +133,17 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(corpus, tmp_path)
     assert resumed, train_log
     assert int(resumed.group(1)) == step_at_kill
     assert float(resumed.group(2)) == pytest.approx(saved_digest, rel=1e-6)
-    after = [s for s, _, _ in logged_steps(train_log.split(resumed.group(0))[1])]
-    assert after == list(range(step_at_kill + 1, step_at_kill + 5))
+    after = logged_steps(train_log.split(resumed.group(0))[1])
+    assert [s for s, _, _ in after] == list(range(step_at_kill + 1, step_at_kill + 5))
     assert (out / "encoder" / "encoder.ckpt").is_file()
+
+    # The same run never interrupted: the resumed steps draw the same masks and noise, so log the same losses.
+    reference = tmp_path / "reference"
+    run(command("fastformer", corpus, reference, "--number_of_epochs=50", "--ckpt_interval_minutes=0",
+                "--ckpt_interval_steps=3", f"--optimizer_step_limit={step_at_kill + 4}"))
+    uninterrupted = logged_steps((reference / "train_log.txt").read_text())
+    assert after == uninterrupted[step_at_kill:]
+    assert logged_steps(train_log)[:step_at_kill] == uninterrupted[:step_at_kill]
 
 
 def test_two_process_ddp_on_cpu(corpus, tmp_path):
@@ -159,6 +167,13 @@ def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_pa
     bad = write_bad_audio(chapter, prefix)
     transcript = chapter / f"{prefix}.trans.txt"
     transcript.write_text(transcript.read_text() + "".join(f"{Path(p).stem} SOME WORDS\n" for p in bad))
+    # Files whose header is fine but whose data is cut short: found only when decoded, in training and in
+    # validation.
+    truncated = []
+    for split in ("train-clean-100", "dev-clean"):
+        victim = sorted((data / "LibriSpeech" / split).glob("*/*/*.flac"))[1]
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+        truncated.append(victim)
     out = tmp_path / "out"
     result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--optimizer_step_limit=3",
                          "--use_tensorboard=True"))
@@ -166,4 +181,12 @@ def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_pa
     assert all(Path(path).name in skipped for path in bad)
     assert "skipped 5 file(s)" in result.stdout + result.stderr
     assert [s for s, _, _ in logged_steps((out / "train_log.txt").read_text())] == [1, 2, 3]
+    assert "valid loss" in (out / "train_log.txt").read_text()  # validation met its broken file and went on
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    undecodable = (out / "audio_undecodable.tsv").read_text()
+    assert all(str(path) in undecodable for path in truncated)
+    # A rerun leaves them out before training, with the reason.
+    rerun = run(command("hypermixing", data, out, "--number_of_epochs=2", "--optimizer_step_limit=5"))
+    assert "could not decode" not in rerun.stdout + rerun.stderr
+    assert sum(line.endswith("\tundecodable") or "\tundecodable\t" in line
+               for line in (out / "skipped_audio.txt").read_text().splitlines()) >= 2

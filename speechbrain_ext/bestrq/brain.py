@@ -58,6 +58,13 @@ class BestRQBrain(ResilientBrain):
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
+        super().on_stage_start(stage, epoch)  # a run resumed mid-epoch takes its totals back
+
+    def epoch_totals(self) -> dict:
+        return {"masked_correct": self.masked_correct, "masked_total": self.masked_total}
+
+    def restore_epoch_totals(self, totals: dict) -> None:
+        self.masked_correct, self.masked_total = totals["masked_correct"], totals["masked_total"]
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if not should_step:
@@ -114,6 +121,27 @@ def optimizer_state_digest(state_dict: dict) -> float:
             if torch.is_tensor(value)
         )
     )
+
+
+def check_pretraining_options(hparams: dict) -> None:
+    """One clear ValueError for the first bad batching or schedule setting, before any data work.
+
+    (The model's sizes are checked when the YAML builds it.)
+    """
+    positive_numbers = ("seconds_per_batch", "avoid_if_longer_than")
+    positive_integers = ("num_buckets", "grad_accumulation_factor", "number_of_epochs", "valid_batch_size",
+                         "log_interval")
+    for key in positive_numbers:
+        value = hparams.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    for key in positive_integers:
+        value = hparams.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    shortest, longest = hparams.get("avoid_if_shorter_than", 0.0), hparams.get("avoid_if_longer_than")
+    if shortest < 0 or (longest is not None and shortest >= longest):
+        raise ValueError(f"avoid_if_shorter_than={shortest} must be >= 0 and below avoid_if_longer_than={longest}")
 
 
 def dynamic_batching(dataset, seconds_per_batch: float, num_buckets: int, num_workers: int = 0) -> dict:

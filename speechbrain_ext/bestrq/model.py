@@ -25,7 +25,8 @@ from torch import nn
 
 from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
 from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
-from speechbrain_ext.encoder import MixerConformerEncoder
+from speechbrain_ext.encoder import MixerConformerEncoder, check_encoder_options
+from speechbrain_ext.mixers._common import check_sizes
 
 CONFIG_FILE = "encoder_config.json"
 WEIGHTS_FILE = "encoder.ckpt"
@@ -98,6 +99,7 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         if not isinstance(mixer, str):
             raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
+        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -253,6 +255,11 @@ class BestRQ(nn.Module):
         quantizer_seed: int | None = None,
     ) -> None:
         super().__init__()
+        check_sizes("BestRQ", cb_dim=cb_dim, cb_vocab=cb_vocab, num_codebooks=num_codebooks)
+        if not 0.0 < mask_prob <= 1.0:
+            raise ValueError(f"BestRQ: mask_prob must be in (0, 1], got {mask_prob}")
+        if noise_std < 0:
+            raise ValueError(f"BestRQ: noise_std must be >= 0, got {noise_std}")
         self.speech_encoder = speech_encoder
         stacked_dim = speech_encoder.n_mels * speech_encoder.frames_per_token
         self.quantizer = RandomProjectionQuantizer(stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed)

@@ -20,6 +20,21 @@ def check_heads(mixer: str, d_model: int, nhead: int, what: str = "d_model") -> 
         )
 
 
+def check_sizes(owner: str, **sizes) -> None:
+    """Raises a ValueError naming the first size that is not a positive integer (bools are not sizes).
+
+    Example
+    -------
+    >>> check_sizes("mamba", d_state=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: mamba: d_state must be a positive integer, got 0
+    """
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+
+
 def check_padding_mask(
     key_padding_mask: Optional[torch.Tensor], x: torch.Tensor
 ) -> Optional[torch.Tensor]:

@@ -17,6 +17,7 @@ from speechbrain_ext.mixers._common import (
     absolute_sinusoids,
     check_heads,
     check_padding_mask,
+    check_sizes,
     valid_frames,
 )
 
@@ -59,6 +60,7 @@ class HyperMixing(nn.Module):
         fix_tm_hidden_size: bool = False,
     ) -> None:
         super().__init__()
+        check_sizes("hypermixing", d_model=d_model, hypernet_size=hypernet_size)
         check_heads("hypermixing", d_model, nhead)
         check_heads("hypermixing", hypernet_size, nhead, what="hypernet_size")
         self.d_model = d_model

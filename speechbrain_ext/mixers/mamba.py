@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import check_padding_mask
+from speechbrain_ext.mixers._common import check_padding_mask, check_sizes
 from speechbrain_ext.mixers.scan import selective_scan
 
 MERGES = ("add", "concat")
@@ -71,6 +71,7 @@ class MambaBlock(nn.Module):
         use_cuda_kernels: bool = True,
     ) -> None:
         super().__init__()
+        check_sizes("mamba", d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
         self.d_inner = expand * d_model
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)

@@ -58,13 +58,11 @@ class RelPosMHSA(RelPosMHAXL):
         key_padding_mask = check_padding_mask(key_padding_mask, query)
         if pos_embs is None:
             pos_embs = relative_sinusoids(query.shape[1], self.embed_dim, query.device, query.dtype)
-        out = super().forward(
-            query,
-            key,
-            value,
-            pos_embs=pos_embs,
-            key_padding_mask=key_padding_mask,
-            attn_mask=attn_mask,
-            return_attn_weights=False,
-        )
-        return out, None
+        kwargs = {"pos_embs": pos_embs, "key_padding_mask": key_padding_mask, "attn_mask": attn_mask,
+                  "return_attn_weights": False}
+        if query.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(query.device.type):
+            # A module cast with .to(bfloat16): RelPosMHAXL takes its softmax in float32 and multiplies it with
+            # the values as they are, which only autocast reconciles.
+            with torch.autocast(query.device.type, dtype=query.dtype):
+                return super().forward(query, key, value, **kwargs).to(query.dtype), None
+        return super().forward(query, key, value, **kwargs), None

@@ -14,7 +14,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_ext.bestrq.brain import BestRQBrain, dynamic_batching, export_encoder
+from speechbrain_ext.bestrq.brain import BestRQBrain, check_pretraining_options, dynamic_batching, export_encoder
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.librispeech import prepare_librispeech
 from speechbrain_ext.training import write_run_hyperparams
@@ -24,7 +24,8 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+        hparams = load_hyperpyyaml(fin, overrides)  # builds the model: its sizes are checked here
+    check_pretraining_options(hparams)
     write_run_hyperparams(hparams["output_folder"], hparams_file, overrides)
 
     splits = hparams["train_splits"] + hparams["valid_splits"]
