@@ -175,18 +175,18 @@ def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_pa
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
         truncated.append(victim)
     out = tmp_path / "out"
-    result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--optimizer_step_limit=3",
-                         "--use_tensorboard=True"))
+    result = run(command("hypermixing", data, out, "--number_of_epochs=1", "--use_tensorboard=True"))
     skipped = (out / "prepare_librispeech_skipped.txt").read_text()
     assert all(Path(path).name in skipped for path in bad)
     assert "skipped 5 file(s)" in result.stdout + result.stderr
-    assert [s for s, _, _ in logged_steps((out / "train_log.txt").read_text())] == [1, 2, 3]
+    steps = [s for s, _, _ in logged_steps((out / "train_log.txt").read_text())]
+    assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1))  # the whole epoch
     assert "valid loss" in (out / "train_log.txt").read_text()  # validation met its broken file and went on
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     undecodable = (out / "audio_undecodable.tsv").read_text()
     assert all(str(path) in undecodable for path in truncated)
     # A rerun leaves them out before training, with the reason.
-    rerun = run(command("hypermixing", data, out, "--number_of_epochs=2", "--optimizer_step_limit=5"))
+    rerun = run(command("hypermixing", data, out, "--number_of_epochs=2"))
     assert "could not decode" not in rerun.stdout + rerun.stderr
     assert sum(line.endswith("\tundecodable") or "\tundecodable\t" in line
                for line in (out / "skipped_audio.txt").read_text().splitlines()) >= 2
