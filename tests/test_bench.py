@@ -49,3 +49,27 @@ def test_sweep_writes_csv_json_and_plot_with_each_point_in_its_own_process(tmp_p
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["command"].startswith("python -m speechbrain_ext.bench --mixers fastformer") and meta["torch"]
     assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_end_to_end_as_a_dry_run_on_the_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path), "--dry-run"], capture_output=True, text=True,
+                            timeout=900, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                                              "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "CUDA tests (without_mamba_kernels): " in log
+    assert "skipped" in (tmp_path / "pytest_without_mamba_kernels.txt").read_text()
+    sweeps = ["base_infer_10-80s", "base_train_20-80s", "base_mamba_infer_10-80s", "base_mamba_train_20-80s",
+              "base_infer_600s", "large_infer_10-80s", "large_train_80s"]
+    for sweep in sweeps:
+        rows = list(csv.DictReader(open(tmp_path / sweep / "results.csv")))
+        assert rows and all(row["status"] == "ok" for row in rows), (sweep, rows)
+    meta = json.loads((tmp_path / "large_train_80s" / "results.json").read_text())["meta"]
+    assert "--mode train" in meta["command"] and "--size large" in meta["command"]
+    assert "mamba_ssm kernels: no" in (tmp_path / "environment.txt").read_text()
