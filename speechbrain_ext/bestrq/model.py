@@ -28,6 +28,7 @@ from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
 from speechbrain_ext.encoder import MixerConformerEncoder
 
 CONFIG_FILE = "encoder_config.json"
+INITS = ("default", "xavier_normal")
 WEIGHTS_FILE = "encoder.ckpt"
 
 
@@ -65,6 +66,25 @@ class SpeechEncoder(nn.Module):
         Fbank settings (hop in ms).
     cnn_channels : tuple of int
         Output channels of the two stride-2 convolution blocks.
+    activation : str
+        Activation of the Conformer blocks, a name of ``speechbrain_ext.mixers._common.ACTIVATIONS``
+        (the paper's code: "swish").
+    input_dropout : float
+        Dropout after the linear projection into the encoder (the paper's code: ``dropout``).
+    input_positions : str, optional
+        ``"absolute"``: a sinusoid added at the encoder input (the paper's code, for every mixer
+        but mhsa and hypermixing).
+    mixer_output_dropout : bool
+        Dropout on each mixer's output before the residual sum (the paper's code: none).
+    final_norm_eps : float
+        Epsilon of the encoder's final layer norm (the paper's code: 1e-6).
+    init : str
+        ``"default"`` (each module's own) or ``"xavier_normal"``: every weight of two or more
+        dimensions of the projection and the encoder redrawn with Xavier normal, as
+        SpeechBrain's ``TransformerASR._init_params`` does in the paper's code.
+
+    Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
+    behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
 
     Example
     -------
@@ -94,10 +114,20 @@ class SpeechEncoder(nn.Module):
         n_mels: int = 80,
         hop_length: float = 10,
         cnn_channels: tuple[int, int] = (128, 32),
+        activation: str = "gelu",
+        input_dropout: float = 0.0,
+        input_positions: str | None = None,
+        mixer_output_dropout: bool = True,
+        final_norm_eps: float = 1e-5,
+        init: str = "default",
     ) -> None:
         super().__init__()
         if not isinstance(mixer, str):
             raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
+        if not isinstance(activation, str):
+            raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -113,6 +143,12 @@ class SpeechEncoder(nn.Module):
             "n_mels": n_mels,
             "hop_length": hop_length,
             "cnn_channels": list(cnn_channels),
+            "activation": activation,
+            "input_dropout": input_dropout,
+            "input_positions": input_positions,
+            "mixer_output_dropout": mixer_output_dropout,
+            "final_norm_eps": final_norm_eps,
+            "init": init,
         }
         self.sample_rate = sample_rate
         self.n_mels = n_mels
@@ -130,6 +166,7 @@ class SpeechEncoder(nn.Module):
         )
         front_end_dim = cnn_channels[-1] * _ceil_div(_ceil_div(n_mels, 2), 2)
         self.projection = nn.Linear(front_end_dim, d_model)
+        self.input_dropout = nn.Dropout(input_dropout)
         self.encoder = MixerConformerEncoder(
             num_layers,
             d_model,
@@ -138,9 +175,17 @@ class SpeechEncoder(nn.Module):
             mixer=mixer,
             kernel_size=kernel_size,
             dropout=dropout,
+            activation=activation,
             layerdrop_prob=layerdrop_prob,
             mixer_kwargs=mixer_kwargs,
+            mixer_output_dropout=mixer_output_dropout,
+            input_positions=input_positions,
+            final_norm_eps=final_norm_eps,
         )
+        if init == "xavier_normal":
+            for parameter in [*self.projection.parameters(), *self.encoder.parameters()]:
+                if parameter.dim() > 1:
+                    nn.init.xavier_normal_(parameter)
 
     def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
@@ -164,7 +209,7 @@ class SpeechEncoder(nn.Module):
     ) -> EncoderOutput:
         """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row."""
         x = self.front_end(feats)  # (B, T/4, n_mels/4, C)
-        x = self.projection(x.flatten(start_dim=2))
+        x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
         out, hidden = self.encoder(x, padding_mask, output_hidden_states=output_hidden_states)
