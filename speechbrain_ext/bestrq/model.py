@@ -277,6 +277,9 @@ class BestRQ(nn.Module):
         utterance (the paper).
     quantizer_seed : int, optional
         Seed of the quantizer's frozen projection and codebooks.
+    quantizer_norm : str
+        ``"frame"`` (default: targets depend on the utterance only) or ``"time"``: the paper's
+        code's normalisation over the padded time axis (see ``RandomProjectionQuantizer``).
 
     Example
     -------
@@ -296,11 +299,14 @@ class BestRQ(nn.Module):
         noise_std: float = 0.1,
         per_utterance_mask: bool = True,
         quantizer_seed: int | None = None,
+        quantizer_norm: str = "frame",
     ) -> None:
         super().__init__()
         self.speech_encoder = speech_encoder
         stacked_dim = speech_encoder.n_mels * speech_encoder.frames_per_token
-        self.quantizer = RandomProjectionQuantizer(stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed)
+        self.quantizer = RandomProjectionQuantizer(
+            stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed, norm=quantizer_norm
+        )
         self.heads = nn.ModuleList(nn.Linear(speech_encoder.d_model, cb_vocab) for _ in range(num_codebooks))
         self.mask_prob = mask_prob
         self.noise_std = noise_std
