@@ -94,4 +94,6 @@ def paper_encoder_settings(size: str, mixer: str) -> dict:
         "mixer_output_dropout": False,
         "final_norm_eps": 1e-6,
         "init": "xavier_normal",
+        "normalization": "global",
+        "normalization_until_epoch": 4,
     }

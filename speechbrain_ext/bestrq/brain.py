@@ -55,6 +55,8 @@ class BestRQBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
+        if stage == sb.Stage.TRAIN and epoch is not None:  # global normalisation stops updating at its epoch
+            getattr(self.modules.model, "module", self.modules.model).set_epoch(epoch)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if not should_step:

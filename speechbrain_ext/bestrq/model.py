@@ -13,6 +13,7 @@ spans replaced by noise, one linear head per codebook, cross-entropy on masked f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from speechbrain.processing.features import InputNormalization
 from torch import nn
 
 from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
+from speechbrain_ext.bestrq.normalization import GlobalNormalization
 from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
 from speechbrain_ext.encoder import MixerConformerEncoder
 
 CONFIG_FILE = "encoder_config.json"
 INITS = ("default", "xavier_normal")
+NORMALIZATIONS = ("sentence", "global")
 WEIGHTS_FILE = "encoder.ckpt"
 
 
@@ -82,6 +85,12 @@ class SpeechEncoder(nn.Module):
         ``"default"`` (each module's own) or ``"xavier_normal"``: every weight of two or more
         dimensions of the projection and the encoder redrawn with Xavier normal, as
         SpeechBrain's ``TransformerASR._init_params`` does in the paper's code.
+    normalization : str
+        ``"sentence"``: each utterance normalised by its own statistics; ``"global"``: running
+        statistics of the training data (the paper's code), kept in ``state_dict``
+        (:class:`~speechbrain_ext.bestrq.normalization.GlobalNormalization`).
+    normalization_until_epoch : int
+        With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
 
     Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
     behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
@@ -120,6 +129,8 @@ class SpeechEncoder(nn.Module):
         mixer_output_dropout: bool = True,
         final_norm_eps: float = 1e-5,
         init: str = "default",
+        normalization: str = "sentence",
+        normalization_until_epoch: int = 4,
     ) -> None:
         super().__init__()
         if not isinstance(mixer, str):
@@ -128,6 +139,8 @@ class SpeechEncoder(nn.Module):
             raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -149,12 +162,17 @@ class SpeechEncoder(nn.Module):
             "mixer_output_dropout": mixer_output_dropout,
             "final_norm_eps": final_norm_eps,
             "init": init,
+            "normalization": normalization,
+            "normalization_until_epoch": normalization_until_epoch,
         }
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.d_model = d_model
         self.compute_features = Fbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length)
-        self.normalize = InputNormalization(norm_type="sentence")
+        if normalization == "global":
+            self.normalize = GlobalNormalization(n_mels, update_until_epoch=normalization_until_epoch)
+        else:
+            self.normalize = InputNormalization(norm_type="sentence")
         self.front_end = ConvolutionFrontEnd(
             input_shape=(None, None, n_mels),
             num_blocks=2,
@@ -186,6 +204,11 @@ class SpeechEncoder(nn.Module):
             for parameter in [*self.projection.parameters(), *self.encoder.parameters()]:
                 if parameter.dim() > 1:
                     nn.init.xavier_normal_(parameter)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
+        if isinstance(self.normalize, GlobalNormalization):
+            self.normalize.set_epoch(epoch)
 
     def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
@@ -247,6 +270,7 @@ class SpeechEncoder(nn.Module):
         """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
         encoder = cls(**cls.read_config(folder))
         encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
+        encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
         return encoder
 
 
@@ -311,6 +335,10 @@ class BestRQ(nn.Module):
         self.mask_prob = mask_prob
         self.noise_std = noise_std
         self.per_utterance_mask = per_utterance_mask
+
+    def set_epoch(self, epoch: float) -> None:
+        """The training epoch, for the encoder's global normalisation (a no-op otherwise)."""
+        self.speech_encoder.set_epoch(epoch)
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> BestRQOutput:
         """Waveforms (B, S) with relative lengths (B,) to the masked-prediction loss."""
