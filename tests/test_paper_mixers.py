@@ -166,7 +166,7 @@ def test_mamba_block_matches_the_papers_equations():
 @pytest.mark.parametrize("name", ["summarymixing", "fastformer", "mamba"])
 def test_paper_forms_keep_the_mixer_contract(name):
     """Padding of any length and content leaves valid frames unchanged; gradients reach every
-    parameter; no T x T tensor."""
+    parameter; no T x T tensor; bf16 autocast works."""
     mixer = paper_mixer(name)
     x = torch.randn(2, 40, D)
     lengths = torch.tensor([40, 25])
@@ -188,6 +188,9 @@ def test_paper_forms_keep_the_mixer_contract(name):
     assert largest.numel < length * length
     missing = [n for n, p in mixer.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = mixer.eval()(x, x, x, key_padding_mask=padding)[0]
+    assert low.shape == x.shape and torch.isfinite(low).all()
 
 
 @torch.no_grad()
