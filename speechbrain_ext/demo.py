@@ -28,10 +28,8 @@ DEMO_SETTINGS = {
     "--warmup_steps": "20", "--lr": "0.002", "--train_splits": "[train-clean-100]",
     "--valid_splits": "[dev-clean]", "--ckpt_interval_minutes": "0",
 }
-MIXER_SETTINGS = {
-    "hypermixing": {"--mixer_kwargs": "{hypernet_size: 256}"},
-    "summarymixing": {"--mixer_kwargs": "{local_out: 96, summary_out: 96}"},
-}
+# Mixer settings are the YAMLs' (the paper's forms; hypernet_size and summary_out follow d_ffn and d_model).
+MIXER_SETTINGS: dict[str, dict[str, str]] = {}
 STEP_LINE = re.compile(r"^optimizer step: (\d+), lr: \S+ - train loss: (\S+), train masked_accuracy: (\S+)$", re.M)
 EPOCH_LINE = re.compile(r"^epoch: (\d+), .* valid loss: ([^,\s]+), valid masked_accuracy: (\S+)$", re.M)
 

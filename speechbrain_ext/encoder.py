@@ -4,6 +4,13 @@ The blocks are SpeechBrain's pre-norm Conformer blocks (Gulati et al. 2020,
 https://arxiv.org/abs/2005.08100), built from SpeechBrain's feed-forward, convolution module
 and layer norm, with the same parameter names as ``ConformerEncoderLayer``:
 half FFN -> norm -> mixer -> convolution module -> half FFN -> norm.
+
+Options that reproduce the BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
+``lobes/models/transformer/Conformer.py`` and ``TransformerASR.py``): ``mixer_output_dropout=False``
+(its ``ConformerEncoderLayer`` adds the attention output to the residual without dropout),
+``input_positions="absolute"`` for the mixers its ``TransformerASR.encode`` adds a sinusoid to
+(every attention type but RelPosMHAXL and hypermixing), ``final_norm_eps=1e-6`` and the
+Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's ``activation``).
 """
 
 from typing import Optional, Union
@@ -20,6 +27,7 @@ from speechbrain_ext.mixers._common import (
     check_padding_mask,
     check_sizes,
     relative_sinusoids,
+    resolve_activation,
 )
 
 POSITION_BUILDERS = {"relative": relative_sinusoids, "absolute": absolute_sinusoids}
@@ -84,9 +92,11 @@ class MixerConformerLayer(nn.Module):
     kernel_size : int
         Kernel of the depthwise convolution.
     dropout : float
-        Dropout in the feed-forward and convolution modules and on the mixer output.
-    activation : type
-        Activation class of the feed-forward and convolution modules.
+        Dropout in the feed-forward and convolution modules (and on the mixer output).
+    activation : str or type
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
+    mixer_output_dropout : bool
+        Dropout on the mixer output before the residual sum (the paper's code has none).
 
     Example
     -------
@@ -103,13 +113,15 @@ class MixerConformerLayer(nn.Module):
         mixer: nn.Module,
         kernel_size: int = 31,
         dropout: float = 0.1,
-        activation: type = nn.GELU,
+        activation: Union[str, type] = nn.GELU,
+        mixer_output_dropout: bool = True,
     ) -> None:
         super().__init__()
+        activation = resolve_activation(activation)
         self.ffn_module1 = self._half_ffn(d_model, d_ffn, dropout, activation)
         self.norm1 = LayerNorm(d_model)
         self.mha_layer = mixer
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if mixer_output_dropout else nn.Identity()
         self.convolution_module = ConvolutionModule(d_model, kernel_size, True, activation, dropout)
         self.ffn_module2 = self._half_ffn(d_model, d_ffn, dropout, activation)
         self.norm2 = LayerNorm(d_model)
@@ -162,8 +174,8 @@ class MixerConformerEncoder(nn.Module):
         Kernel of the depthwise convolutions.
     dropout : float
         Dropout inside the blocks.
-    activation : type
-        Activation class of the feed-forward and convolution modules.
+    activation : str or type
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
     layerdrop_prob : float
         Probability of skipping each block while training (LayerDrop, Fan et al. 2019). Under
         DDP, skipped blocks leave parameters unused: set ``find_unused_parameters``.
@@ -171,6 +183,12 @@ class MixerConformerEncoder(nn.Module):
         Also return the block input and every block output.
     mixer_kwargs : dict, optional
         Extra keyword arguments of the mixer (e.g. ``{"hypernet_size": 2048}``).
+    mixer_output_dropout : bool
+        Dropout on each mixer's output before the residual sum.
+    input_positions : str, optional
+        ``"absolute"`` adds a sinusoidal position encoding (any length) to the encoder input.
+    final_norm_eps : float
+        Epsilon of the final layer norm.
 
     Example
     -------
@@ -190,13 +208,18 @@ class MixerConformerEncoder(nn.Module):
         mixer: Union[str, type] = "mhsa",
         kernel_size: int = 31,
         dropout: float = 0.1,
-        activation: type = nn.GELU,
+        activation: Union[str, type] = nn.GELU,
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         mixer_kwargs: Optional[dict] = None,
+        mixer_output_dropout: bool = True,
+        input_positions: Optional[str] = None,
+        final_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
+        if input_positions not in (None, "absolute"):
+            raise ValueError(f"input_positions must be None or 'absolute', got {input_positions!r}")
         mixer_kwargs = dict(mixer_kwargs or {})
         self.layers = nn.ModuleList(
             MixerConformerLayer(
@@ -206,10 +229,12 @@ class MixerConformerEncoder(nn.Module):
                 kernel_size=kernel_size,
                 dropout=dropout,
                 activation=activation,
+                mixer_output_dropout=mixer_output_dropout,
             )
             for _ in range(num_layers)
         )
-        self.norm = LayerNorm(d_model)
+        self.norm = LayerNorm(d_model, eps=final_norm_eps)
+        self.input_positions = input_positions
         self.pos_embs_kind = getattr(self.layers[0].mha_layer, "pos_embs_kind", None)
         self.layerdrop_prob = layerdrop_prob
         self.output_hidden_states = output_hidden_states
@@ -231,6 +256,8 @@ class MixerConformerEncoder(nn.Module):
             (num_layers + 1 tensors of shape (B, T, E)); otherwise None.
         """
         src_key_padding_mask = check_padding_mask(src_key_padding_mask, src)
+        if self.input_positions == "absolute":
+            src = src + absolute_sinusoids(src.shape[1], src.shape[2], src.device, src.dtype)
         pos_embs = positional_embeddings(self.pos_embs_kind, src)
         if output_hidden_states is None:
             output_hidden_states = self.output_hidden_states

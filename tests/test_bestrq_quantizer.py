@@ -165,3 +165,29 @@ def test_bad_sizes_raise():
         RandomProjectionQuantizer(320, 16, 0)
     with pytest.raises(ValueError, match="num_codebooks"):
         RandomProjectionQuantizer(320, 16, 64, num_codebooks=0)
+
+
+def test_time_norm_reproduces_the_papers_quantiser():
+    """whettenr/brq-att-alt-exp quantiser.py: ``x = F.normalize(x @ P)`` (dim=1: time, padding
+    included), then the code at the smallest L2 distance. Reference written from that equation."""
+    torch.manual_seed(0)
+    quantizer = RandomProjectionQuantizer(40, 8, 64, seed=3, norm="time")
+    x = torch.randn(2, 30, 40)
+    projected = x @ quantizer.projections[0]
+    projected = projected / projected.norm(dim=1, keepdim=True)  # over time, per channel
+    distances = (quantizer.codebooks[0].view(1, 64, 1, 8) - projected.unsqueeze(1)).norm(dim=-1)
+    assert torch.equal(quantizer(x)[..., 0], distances.argmin(dim=1))
+
+
+def test_time_norm_depends_on_padding_frame_norm_does_not():
+    """In the paper's code, padded frames hold normalised log-mel of silence (not zeros), and they
+    enter the norm over time: the targets of an utterance change with the batch's padding."""
+    torch.manual_seed(0)
+    utterance = torch.randn(1, 20, 40)
+    padded = torch.cat([utterance, torch.full((1, 30, 40), -1.5)], dim=1)
+    frame = RandomProjectionQuantizer(40, 8, 256, seed=3)
+    time = RandomProjectionQuantizer(40, 8, 256, seed=3, norm="time")
+    assert torch.equal(frame(utterance), frame(padded)[:, :20])
+    assert not torch.equal(time(utterance), time(padded)[:, :20])
+    with pytest.raises(ValueError, match="unknown norm 'channel'"):
+        RandomProjectionQuantizer(40, norm="channel")

@@ -10,11 +10,12 @@ from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 
 from speechbrain_ext.encoder import MixerConformerEncoder, masked_convolution
 from speechbrain_ext.mixers import MIXERS, Fastformer
+from speechbrain_ext.sizes import PAPER_MIXERS, SIZES
 
 ALL_MIXERS = list(MIXERS)
 HPARAMS = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ" / "hparams"
-# The BEST-RQ paper's base widths, chosen to equalise parameters across mixers.
-PAPER_BASE_WIDTHS = {"mhsa": 576, "hypermixing": 672, "fastformer": 616, "summarymixing": 632, "mamba": 474}
+# The BEST-RQ paper's base widths, chosen to equalise parameters across mixers (one table: sizes.py).
+PAPER_BASE_WIDTHS = {name: SIZES["base"].widths[name] for name in PAPER_MIXERS}
 
 
 def small_encoder(name, num_layers=2, **kwargs):

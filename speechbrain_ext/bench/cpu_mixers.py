@@ -16,15 +16,16 @@ from typing import Optional
 
 import torch
 
-from speechbrain_ext.bench.speed_memory import WIDTHS
+from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.encoder import MixerConformerEncoder
 from speechbrain_ext.mixers import MIXERS, build_mixer
+from speechbrain_ext.sizes import paper_encoder_settings
 
 
 def base_encoder_parameters(mixer: str) -> int:
-    """Parameters of the paper's base encoder for ``mixer``, counted without allocating it."""
+    """Parameters of the paper's base encoder for ``mixer`` (Conformer alone), counted without allocating it."""
     with torch.device("meta"):
-        encoder = MixerConformerEncoder(12, WIDTHS["base"][mixer], 2048, 8, mixer=mixer)
+        encoder = SpeechEncoder(**paper_encoder_settings("base", mixer)).encoder
     return sum(p.numel() for p in encoder.parameters())
 
 

@@ -40,20 +40,20 @@ from torch import nn
 
 from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.sizes import CODEBOOK_SIZE, SIZES, paper_encoder_settings, paper_mixer_kwargs
 
 FBANK_FRAMES_PER_SECOND = 100
-CODEBOOK_SIZE = 8192
 # SpeechBrain's own Conformer attention types, run as references.
 STOCK = {"sb_RelPosMHAXL": "RelPosMHAXL", "sb_regularMHA": "regularMHA", "sb_RoPEMHA": "RoPEMHA",
          "sb_hypermixing": "hypermixing"}
-# Widths that equalise parameters across mixers (the paper's; mhsa_flash and stock MHA variants as mhsa).
+# Widths and depths from the one table of the paper's sizes (speechbrain_ext.sizes); the stock
+# MHA variants at mhsa's width, stock HyperMixing at hypermixing's.
 WIDTHS = {
-    "base": {"mhsa": 576, "mhsa_flash": 592, "hypermixing": 672, "fastformer": 616, "summarymixing": 632,
-             "mamba": 474, "sb_RelPosMHAXL": 576, "sb_regularMHA": 576, "sb_RoPEMHA": 576, "sb_hypermixing": 672},
-    "large": {"mhsa": 848, "mhsa_flash": 880, "hypermixing": 1048, "fastformer": 920, "summarymixing": 936,
-              "mamba": 704, "sb_RelPosMHAXL": 848, "sb_regularMHA": 848, "sb_RoPEMHA": 848, "sb_hypermixing": 1048},
+    size: {**table.widths, **{name: table.widths["hypermixing" if name == "sb_hypermixing" else "mhsa"]
+                              for name in STOCK}}
+    for size, table in SIZES.items()
 }
-LAYERS = {"base": 12, "large": 24}
+LAYERS = {size: table.layers for size, table in SIZES.items()}
 
 
 class StockConformer(nn.Module):
@@ -110,9 +110,12 @@ def build_model(point: Point) -> nn.Module:
     stock = STOCK.get(point.mixer)
     if stock is None and point.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {point.mixer!r}; valid: {', '.join(sorted(MIXERS) + sorted(STOCK))}")
-    # For a stock model, the same front-end around SpeechBrain's own Conformer (our empty encoder replaced).
-    speech_encoder = SpeechEncoder(point.mixer if stock is None else "fastformer",
-                                   num_layers=layers if stock is None else 0, d_model=d_model)
+    # Our mixers as the paper's code builds them (speechbrain_ext.sizes), at the point's depth and width.
+    # For a stock model, the same front-end around SpeechBrain's own Conformer (our one-layer encoder replaced).
+    mixer = point.mixer if stock is None else "fastformer"
+    settings = {**paper_encoder_settings(point.size, mixer), "num_layers": layers if stock is None else 1,
+                "d_model": d_model, "mixer_kwargs": paper_mixer_kwargs(mixer, d_model), "init": "default"}
+    speech_encoder = SpeechEncoder(**settings)
     if stock is not None:
         speech_encoder.encoder = StockConformer(stock, layers, d_model, 2048, 8)
     if point.encoder_only:

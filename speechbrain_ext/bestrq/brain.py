@@ -58,6 +58,8 @@ class BestRQBrain(ResilientBrain):
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
+        if stage == sb.Stage.TRAIN and epoch is not None:  # global normalisation stops updating at its epoch
+            getattr(self.modules.model, "module", self.modules.model).set_epoch(epoch)
         super().on_stage_start(stage, epoch)  # a run resumed mid-epoch takes its totals back
 
     def epoch_totals(self) -> dict:

@@ -13,6 +13,7 @@ spans replaced by noise, one linear head per codebook, cross-entropy on masked f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,14 @@ from speechbrain.processing.features import InputNormalization
 from torch import nn
 
 from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
+from speechbrain_ext.bestrq.normalization import GlobalNormalization
 from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
 from speechbrain_ext.encoder import MixerConformerEncoder, check_encoder_options
 from speechbrain_ext.mixers._common import check_sizes
 
 CONFIG_FILE = "encoder_config.json"
+INITS = ("default", "xavier_normal")
+NORMALIZATIONS = ("sentence", "global")
 WEIGHTS_FILE = "encoder.ckpt"
 
 
@@ -66,6 +70,31 @@ class SpeechEncoder(nn.Module):
         Fbank settings (hop in ms).
     cnn_channels : tuple of int
         Output channels of the two stride-2 convolution blocks.
+    activation : str
+        Activation of the Conformer blocks, a name of ``speechbrain_ext.mixers._common.ACTIVATIONS``
+        (the paper's code: "swish").
+    input_dropout : float
+        Dropout after the linear projection into the encoder (the paper's code: ``dropout``).
+    input_positions : str, optional
+        ``"absolute"``: a sinusoid added at the encoder input (the paper's code, for every mixer
+        but mhsa and hypermixing).
+    mixer_output_dropout : bool
+        Dropout on each mixer's output before the residual sum (the paper's code: none).
+    final_norm_eps : float
+        Epsilon of the encoder's final layer norm (the paper's code: 1e-6).
+    init : str
+        ``"default"`` (each module's own) or ``"xavier_normal"``: every weight of two or more
+        dimensions of the projection and the encoder redrawn with Xavier normal, as
+        SpeechBrain's ``TransformerASR._init_params`` does in the paper's code.
+    normalization : str
+        ``"sentence"``: each utterance normalised by its own statistics; ``"global"``: running
+        statistics of the training data (the paper's code), kept in ``state_dict``
+        (:class:`~speechbrain_ext.bestrq.normalization.GlobalNormalization`).
+    normalization_until_epoch : int
+        With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
+
+    Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
+    behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
 
     Example
     -------
@@ -95,11 +124,25 @@ class SpeechEncoder(nn.Module):
         n_mels: int = 80,
         hop_length: float = 10,
         cnn_channels: tuple[int, int] = (128, 32),
+        activation: str = "gelu",
+        input_dropout: float = 0.0,
+        input_positions: str | None = None,
+        mixer_output_dropout: bool = True,
+        final_norm_eps: float = 1e-5,
+        init: str = "default",
+        normalization: str = "sentence",
+        normalization_until_epoch: int = 4,
     ) -> None:
         super().__init__()
         if not isinstance(mixer, str):
             raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
         check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
+        if not isinstance(activation, str):
+            raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -115,12 +158,23 @@ class SpeechEncoder(nn.Module):
             "n_mels": n_mels,
             "hop_length": hop_length,
             "cnn_channels": list(cnn_channels),
+            "activation": activation,
+            "input_dropout": input_dropout,
+            "input_positions": input_positions,
+            "mixer_output_dropout": mixer_output_dropout,
+            "final_norm_eps": final_norm_eps,
+            "init": init,
+            "normalization": normalization,
+            "normalization_until_epoch": normalization_until_epoch,
         }
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.d_model = d_model
         self.compute_features = Fbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length)
-        self.normalize = InputNormalization(norm_type="sentence")
+        if normalization == "global":
+            self.normalize = GlobalNormalization(n_mels, update_until_epoch=normalization_until_epoch)
+        else:
+            self.normalize = InputNormalization(norm_type="sentence")
         self.front_end = ConvolutionFrontEnd(
             input_shape=(None, None, n_mels),
             num_blocks=2,
@@ -132,6 +186,7 @@ class SpeechEncoder(nn.Module):
         )
         front_end_dim = cnn_channels[-1] * _ceil_div(_ceil_div(n_mels, 2), 2)
         self.projection = nn.Linear(front_end_dim, d_model)
+        self.input_dropout = nn.Dropout(input_dropout)
         self.encoder = MixerConformerEncoder(
             num_layers,
             d_model,
@@ -140,9 +195,22 @@ class SpeechEncoder(nn.Module):
             mixer=mixer,
             kernel_size=kernel_size,
             dropout=dropout,
+            activation=activation,
             layerdrop_prob=layerdrop_prob,
             mixer_kwargs=mixer_kwargs,
+            mixer_output_dropout=mixer_output_dropout,
+            input_positions=input_positions,
+            final_norm_eps=final_norm_eps,
         )
+        if init == "xavier_normal":
+            for parameter in [*self.projection.parameters(), *self.encoder.parameters()]:
+                if parameter.dim() > 1:
+                    nn.init.xavier_normal_(parameter)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
+        if isinstance(self.normalize, GlobalNormalization):
+            self.normalize.set_epoch(epoch)
 
     def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
@@ -166,7 +234,7 @@ class SpeechEncoder(nn.Module):
     ) -> EncoderOutput:
         """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row."""
         x = self.front_end(feats)  # (B, T/4, n_mels/4, C)
-        x = self.projection(x.flatten(start_dim=2))
+        x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
         out, hidden = self.encoder(x, padding_mask, output_hidden_states=output_hidden_states)
@@ -204,6 +272,7 @@ class SpeechEncoder(nn.Module):
         """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
         encoder = cls(**cls.read_config(folder))
         encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
+        encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
         return encoder
 
 
@@ -234,6 +303,9 @@ class BestRQ(nn.Module):
         utterance (the paper).
     quantizer_seed : int, optional
         Seed of the quantizer's frozen projection and codebooks.
+    quantizer_norm : str
+        ``"frame"`` (default: targets depend on the utterance only) or ``"time"``: the paper's
+        code's normalisation over the padded time axis (see ``RandomProjectionQuantizer``).
 
     Example
     -------
@@ -253,6 +325,7 @@ class BestRQ(nn.Module):
         noise_std: float = 0.1,
         per_utterance_mask: bool = True,
         quantizer_seed: int | None = None,
+        quantizer_norm: str = "frame",
     ) -> None:
         super().__init__()
         check_sizes("BestRQ", cb_dim=cb_dim, cb_vocab=cb_vocab, num_codebooks=num_codebooks)
@@ -262,11 +335,17 @@ class BestRQ(nn.Module):
             raise ValueError(f"BestRQ: noise_std must be >= 0, got {noise_std}")
         self.speech_encoder = speech_encoder
         stacked_dim = speech_encoder.n_mels * speech_encoder.frames_per_token
-        self.quantizer = RandomProjectionQuantizer(stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed)
+        self.quantizer = RandomProjectionQuantizer(
+            stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed, norm=quantizer_norm
+        )
         self.heads = nn.ModuleList(nn.Linear(speech_encoder.d_model, cb_vocab) for _ in range(num_codebooks))
         self.mask_prob = mask_prob
         self.noise_std = noise_std
         self.per_utterance_mask = per_utterance_mask
+
+    def set_epoch(self, epoch: float) -> None:
+        """The training epoch, for the encoder's global normalisation (a no-op otherwise)."""
+        self.speech_encoder.set_epoch(epoch)
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> BestRQOutput:
         """Waveforms (B, S) with relative lengths (B,) to the masked-prediction loss."""

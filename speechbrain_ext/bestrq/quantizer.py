@@ -7,11 +7,19 @@ L2-normalised random codes. Same semantics as SpeechBrain's
 ``speechbrain.nnet.quantisers.RandomProjectionQuantizer``, plus several codebooks, a seed,
 and a nearest-code search that is a (N, cb_dim) x (cb_dim, V) matmul and an argmax instead of
 SpeechBrain's (B, V, T, cb_dim) difference tensor.
+
+``norm="time"`` reproduces the BEST-RQ paper's code (whettenr/brq-att-alt-exp ``quantiser.py``:
+``F.normalize(x @ self.P)``, whose default ``dim=1`` is the time axis of (B, T, cb_dim)), which
+SpeechBrain later fixed to per frame: each projected frame is divided by the norm of its channel
+over the whole padded sequence, so an utterance's targets depend on the batch's padding. The
+default ``norm="frame"`` normalises each frame on its own.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+NORMS = ("frame", "time")
 
 
 class RandomProjectionQuantizer(nn.Module):
@@ -49,6 +57,10 @@ class RandomProjectionQuantizer(nn.Module):
         buffers reproducible.
     chunk_size : int
         Largest number of frames scored against a codebook at once.
+    norm : str
+        ``"frame"``: each projected frame to unit L2 norm; ``"time"``: each channel of the
+        projection to unit L2 norm over the (padded) time axis, as the paper's code does. The
+        codes are unit vectors, so the argmax of dot products is the nearest code either way.
 
     Example
     -------
@@ -66,8 +78,12 @@ class RandomProjectionQuantizer(nn.Module):
         num_codebooks: int = 1,
         seed: int | None = None,
         chunk_size: int = 4096,
+        norm: str = "frame",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"RandomProjectionQuantizer: unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+        self.norm = norm
         sizes = {
             "input_dim": input_dim,
             "cb_dim": cb_dim,
@@ -174,14 +190,15 @@ class RandomProjectionQuantizer(nn.Module):
                 f"got {x.shape[-1]}"
             )
         batch, time, _ = x.shape
-        frames = x.reshape(batch * time, self.input_dim)
         targets = torch.empty(
             batch * time, self.num_codebooks, dtype=torch.long, device=x.device
         )
         with torch.autocast(device_type=x.device.type, enabled=False):
-            frames = frames.float()
+            x = x.float()
             for k in range(self.num_codebooks):
-                projected = F.normalize(frames @ self.projections[k].float(), dim=-1)
+                projected = x @ self.projections[k].float()  # (B, T, cb_dim)
+                projected = F.normalize(projected, dim=-1 if self.norm == "frame" else 1)
+                projected = projected.reshape(batch * time, self.cb_dim)
                 codes_t = self.codebooks[k].float().t()
                 for start in range(0, projected.shape[0], self.chunk_size):
                     scores = projected[start : start + self.chunk_size] @ codes_t
@@ -191,5 +208,5 @@ class RandomProjectionQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"input_dim={self.input_dim}, cb_dim={self.cb_dim}, cb_vocab={self.cb_vocab}, "
-            f"num_codebooks={self.num_codebooks}, seed={self.seed}"
+            f"num_codebooks={self.num_codebooks}, seed={self.seed}, norm={self.norm}"
         )

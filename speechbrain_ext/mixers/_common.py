@@ -4,9 +4,27 @@ Positions are computed on the fly for any length: no table with a maximum length
 """
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
+from speechbrain.nnet.activations import Swish
+from torch import nn
+
+# Activations by name, so that settings saved as JSON with an encoder can name them.
+# "swish" is SpeechBrain's Swish (x * sigmoid(x)), the Conformer activation of the paper's code.
+ACTIVATIONS: dict[str, type] = {"gelu": nn.GELU, "swish": Swish, "silu": nn.SiLU, "relu": nn.ReLU}
+
+
+def resolve_activation(activation: Union[str, type]) -> type:
+    """The activation class for a name of ``ACTIVATIONS``, or the class itself when one is given."""
+    if isinstance(activation, type):
+        return activation
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
 
 
 def check_heads(mixer: str, d_model: int, nhead: int, what: str = "d_model") -> None:

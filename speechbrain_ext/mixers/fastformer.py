@@ -3,6 +3,14 @@
 Per head, a global query is pooled from the frames by softmax attention, multiplied into
 every key, a global key is pooled the same way, multiplied into every value, and a linear
 transform plus the query gives the output: O(T) time and memory.
+
+The BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
+``speechbrain/nnet/attention.py``, class ``Fastattention``) scores the frames with one
+Linear(d_model -> nhead) with bias over the full width, scaled by 1/sqrt(d_model / nhead),
+applies dropout to the pooled vectors and initialises its linear layers N(0, 0.02) with zero
+biases: ``scoring="linear", dropout=0.1, init="normal"`` here. The defaults (one scoring vector
+per head on its own channels, no dropout, PyTorch's initialisation) are this module's earlier
+form, kept so that exported encoders load unchanged.
 """
 
 from typing import Optional
@@ -11,6 +19,9 @@ import torch
 from torch import nn
 
 from speechbrain_ext.mixers._common import check_heads, check_padding_mask
+
+SCORINGS = ("per_head", "linear")
+INITS = ("default", "normal")
 
 
 class Fastformer(nn.Module):
@@ -24,7 +35,14 @@ class Fastformer(nn.Module):
         Number of heads; must divide ``d_model``.
     share_query_value : bool
         Use the query projection as the value projection, as in the paper's final model
-        (one E x E matrix fewer). With it the base model matches the paper's parameter budget.
+        (one E x E matrix fewer), as the paper's code does.
+    scoring : str
+        ``"per_head"``: one scoring vector per head on that head's channels (no bias);
+        ``"linear"``: one Linear(E -> nhead) with bias over all channels (the paper's code).
+    dropout : float
+        Dropout on the pooled global query and key.
+    init : str
+        ``"default"`` (PyTorch's) or ``"normal"``: linear weights N(0, 0.02), zero biases.
 
     Example
     -------
@@ -36,18 +54,41 @@ class Fastformer(nn.Module):
 
     pos_embs_kind = None
 
-    def __init__(self, d_model: int, nhead: int, share_query_value: bool = True) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        share_query_value: bool = True,
+        scoring: str = "per_head",
+        dropout: float = 0.0,
+        init: str = "default",
+    ) -> None:
         super().__init__()
         check_heads("fastformer", d_model, nhead)
+        if scoring not in SCORINGS:
+            raise ValueError(f"fastformer: unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
+        if init not in INITS:
+            raise ValueError(f"fastformer: unknown init {init!r}; valid: {', '.join(INITS)}")
         self.nhead = nhead
         self.head_dim = d_model // nhead
         self.query = nn.Linear(d_model, d_model)
         self.key = nn.Linear(d_model, d_model)
         self.value = None if share_query_value else nn.Linear(d_model, d_model)
-        # One scoring vector per head (w_q and w_k of the paper).
-        self.query_score = nn.Parameter(torch.randn(nhead, self.head_dim) * self.head_dim**-0.5)
-        self.key_score = nn.Parameter(torch.randn(nhead, self.head_dim) * self.head_dim**-0.5)
+        if scoring == "per_head":
+            # One scoring vector per head (w_q and w_k of the Fastformer paper).
+            self.query_score = nn.Parameter(torch.randn(nhead, self.head_dim) * self.head_dim**-0.5)
+            self.key_score = nn.Parameter(torch.randn(nhead, self.head_dim) * self.head_dim**-0.5)
+        else:
+            self.query_attn = nn.Linear(d_model, nhead)
+            self.key_attn = nn.Linear(d_model, nhead)
+        self.scoring = scoring
         self.transform = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        if init == "normal":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                    nn.init.zeros_(module.bias)
 
     def forward(
         self,
@@ -69,19 +110,24 @@ class Fastformer(nn.Module):
         k = self.key(query).view(heads)
         v = q if self.value is None else self.value(query).view(heads)
 
-        q_global = self._pool(q, self.query_score, key_padding_mask)  # (B, H, E/H)
+        q_global = self._pool(q, "query", key_padding_mask)  # (B, H, E/H)
         p = k * q_global.unsqueeze(1)
-        k_global = self._pool(p, self.key_score, key_padding_mask)
+        k_global = self._pool(p, "key", key_padding_mask)
         u = (v * k_global.unsqueeze(1)).reshape(batch, length, d_model)
         return self.transform(u) + q.reshape(batch, length, d_model), None
 
-    def _pool(
-        self, x: torch.Tensor, score: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        """Softmax-over-time weighted sum of x (B, T, H, E/H) -> (B, H, E/H), padding excluded."""
-        logits = torch.einsum("bthe,he->bth", x, score).float() * self.head_dim**-0.5
+    def _pool(self, x: torch.Tensor, which: str, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Softmax-over-time weighted sum of x (B, T, H, E/H) -> (B, H, E/H), padding excluded.
+
+        ``which`` ("query" or "key") picks the scoring parameters.
+        """
+        if self.scoring == "per_head":
+            logits = torch.einsum("bthe,he->bth", x, getattr(self, f"{which}_score"))
+        else:
+            logits = getattr(self, f"{which}_attn")(x.flatten(2))
+        logits = logits.float() * self.head_dim**-0.5
         if key_padding_mask is not None:
             # finfo.min rather than -inf: a row with no valid frame gets finite weights, not NaN.
             logits = logits.masked_fill(key_padding_mask.unsqueeze(-1), torch.finfo(logits.dtype).min)
         weights = logits.softmax(dim=1).to(x.dtype)
-        return torch.einsum("bth,bthe->bhe", weights, x)
+        return self.dropout(torch.einsum("bth,bthe->bhe", weights, x))

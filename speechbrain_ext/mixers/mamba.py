@@ -6,6 +6,13 @@ imports and the input is on a GPU, and on :func:`speechbrain_ext.mixers.scan.sel
 otherwise. ``BidirectionalMamba`` runs one block over time and one over reversed time;
 the reversal is per utterance, so the backward direction starts at each utterance's last
 valid frame and never reads padding.
+
+The BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
+``speechbrain/nnet/attention.py``, ``MambaBlock`` / ``MambaWrapper``) wraps the two directions
+in mamba_ssm's ``Block``: RMSNorm (eps 1e-5) before the pair and a residual around it,
+``out = x + fwd(n) + bwd(n)`` with ``n = RMSNorm(x)``; ``prenorm_residual=True`` here. The fork
+flips whole padded batches for the backward direction (its scan then starts on padding); the
+per-utterance reversal here is a deliberate difference, not an option.
 """
 
 import functools
@@ -151,6 +158,11 @@ class BidirectionalMamba(nn.Module):
         Accepted for the common mixer signature; Mamba has no heads.
     merge : str
         ``"add"`` sums the two directions; ``"concat"`` concatenates them and projects to E.
+    prenorm_residual : bool
+        mamba_ssm's ``Block`` around the pair: RMSNorm on the input of both directions and the
+        input added to their merged output (the paper's code).
+    norm_eps : float
+        Epsilon of that RMSNorm.
     **block_kwargs
         Passed to both :class:`MambaBlock` (d_state, d_conv, expand, ...).
 
@@ -164,10 +176,19 @@ class BidirectionalMamba(nn.Module):
 
     pos_embs_kind = None
 
-    def __init__(self, d_model: int, nhead: int = 1, merge: str = "add", **block_kwargs) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int = 1,
+        merge: str = "add",
+        prenorm_residual: bool = False,
+        norm_eps: float = 1e-5,
+        **block_kwargs,
+    ) -> None:
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"mamba: unknown merge {merge!r}; valid merges: {', '.join(MERGES)}")
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps) if prenorm_residual else None
         self.forward_block = MambaBlock(d_model, **block_kwargs)
         self.backward_block = MambaBlock(d_model, **block_kwargs)
         self.merge_proj = nn.Linear(2 * d_model, d_model) if merge == "concat" else None
@@ -189,14 +210,17 @@ class BidirectionalMamba(nn.Module):
         x = query
         if key_padding_mask is not None:
             x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
-        forward_out = self.forward_block(x)
+        inner = x if self.norm is None else self.norm(x)
+        forward_out = self.forward_block(inner)
         backward_out = reverse_valid_frames(
-            self.backward_block(reverse_valid_frames(x, key_padding_mask)), key_padding_mask
+            self.backward_block(reverse_valid_frames(inner, key_padding_mask)), key_padding_mask
         )
         if self.merge_proj is None:
             out = forward_out + backward_out
         else:
             out = self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
+        if self.norm is not None:
+            out = out + x
         if key_padding_mask is not None:
             out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         return out, None

@@ -5,44 +5,104 @@ frame and averaged over the valid frames of the utterance into one vector; a com
 merges each frame's local vector with that summary: ``y_t = c(f(x_t), mean_t s(x_t))``.
 Time and memory are O(T). The ``lite`` mode keeps only the summary (no f, no c): every frame
 receives the same global vector, and local processing is left to the rest of the block.
+
+The BEST-RQ paper's code (whettenr/speechbrain-fork, branch summary-mixing,
+``speechbrain/nnet/summary_mixing.py`` and its use in ``Conformer.py``) runs the full mode with
+f and s two-layer MLPs (hidden 512, f out 512, s out d_model) whose layers are block-diagonal
+in ``nhead`` groups, a LayerNorm on f's output and one on the averaged summary, and
+c = activation(Linear(512 + d_model -> d_model)) on the concatenation. Those are the options
+``local_hidden=512, summary_hidden=512, summary_out=d_model, block_diagonal=True, norm=True,
+combine="concat"`` here; the defaults keep this module's earlier single-layer form (encoders
+exported with it load unchanged).
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import check_padding_mask, valid_frames
+from speechbrain_ext.mixers._common import check_heads, check_padding_mask, resolve_activation, valid_frames
 
 MODES = ("full", "lite")
 COMBINES = ("add", "concat")
 
 
+class GroupedLinear(nn.Module):
+    """Block-diagonal linear layer: the input and the output are cut into ``groups`` equal
+    slices and slice g of the output reads slice g of the input only.
+
+    Arguments
+    ---------
+    in_features, out_features : int
+        Widths; both must be divisible by ``groups``.
+    groups : int
+        Number of diagonal blocks.
+
+    Example
+    -------
+    >>> layer = GroupedLinear(64, 32, groups=4)
+    >>> layer(torch.rand(2, 5, 64)).shape
+    torch.Size([2, 5, 32])
+    >>> sum(p.numel() for p in layer.parameters())  # 4 blocks of 16 x 8, and 32 biases
+    544
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int) -> None:
+        super().__init__()
+        check_heads("summarymixing", in_features, groups, what="input width")
+        check_heads("summarymixing", out_features, groups, what="output width")
+        self.groups = groups
+        bound = (in_features // groups) ** -0.5  # nn.Linear's uniform range for one block's fan-in
+        self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        grouped = x.unflatten(-1, (self.groups, -1))
+        return torch.einsum("...gi,gio->...go", grouped, self.weight).flatten(-2) + self.bias
+
+
+def _mlp(d_in: int, hidden: Optional[int], d_out: int, groups: int, activation: type) -> nn.Sequential:
+    """Linear(+activation) layers d_in -> [hidden ->] d_out, each block-diagonal when groups > 1."""
+    widths = [d_in] + ([hidden] if hidden else []) + [d_out]
+    layers = []
+    for d_a, d_b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(d_a, d_b) if groups == 1 else GroupedLinear(d_a, d_b, groups), activation()]
+    return nn.Sequential(*layers)
+
+
 class SummaryMixing(nn.Module):
     """SummaryMixing token mixer.
 
-    f and s are dense layers with an activation; c is a dense layer with an activation. With
-    ``combine="add"`` (default) c reads ``f(x_t) + s̄``: a dense layer on the concatenation
-    ``[f(x_t); s̄]`` whose two halves share weights. This gives the parameter budget the BEST-RQ
-    paper equalised at its base width (about 1.0M per block at E=632); ``combine="concat"``
-    (separate halves, 1.3M) makes that encoder 4% larger than the MHSA one.
+    f and s are MLPs with an activation after every layer; c is a dense layer with an
+    activation. With ``combine="add"`` (default) c reads ``f(x_t) + s̄``: a dense layer on the
+    concatenation ``[f(x_t); s̄]`` whose two halves share weights; ``combine="concat"`` gives
+    each half its own weights (the paper's code).
 
     Arguments
     ---------
     d_model : int
         Width of the input and output, E.
     nhead : int
-        Accepted for the common mixer signature; SummaryMixing has no heads.
+        Number of diagonal blocks of f and s with ``block_diagonal``; otherwise unused.
     local_out : int
         Output width of the local transformation f.
     summary_out : int
-        Output width of the summary function s.
+        Output width of the summary function s (the paper's code: d_model).
     mode : str
         ``"full"`` (f, s and c) or ``"lite"`` (s only, then projected to E).
     combine : str
         How c reads f(x_t) and the summary: ``"add"`` or ``"concat"``.
-    activation : type
-        Non-linearity class used in f, s and c.
+    activation : str or type
+        Non-linearity used in f, s and c (a name of ``ACTIVATIONS`` or a class).
+    local_hidden, summary_hidden : int, optional
+        Hidden width of f and s; None makes them a single layer.
+    block_diagonal : bool
+        Every layer of f and s block-diagonal in ``nhead`` groups.
+    norm : bool
+        LayerNorm on f's output and on the averaged summary.
 
     Example
     -------
@@ -50,6 +110,10 @@ class SummaryMixing(nn.Module):
     >>> out, attn = SummaryMixing(64, nhead=1, local_out=32, summary_out=32)(x, x, x)
     >>> out.shape, attn
     (torch.Size([2, 50, 64]), None)
+    >>> paper = SummaryMixing(64, nhead=4, local_out=32, summary_out=64, combine="concat",
+    ...     local_hidden=32, summary_hidden=32, block_diagonal=True, norm=True, activation="swish")
+    >>> paper(x, x, x)[0].shape
+    torch.Size([2, 50, 64])
     """
 
     pos_embs_kind = None
@@ -62,7 +126,11 @@ class SummaryMixing(nn.Module):
         summary_out: int = 512,
         mode: str = "full",
         combine: str = "add",
-        activation: type = nn.GELU,
+        activation: Union[str, type] = "gelu",
+        local_hidden: Optional[int] = None,
+        summary_hidden: Optional[int] = None,
+        block_diagonal: bool = False,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -74,11 +142,15 @@ class SummaryMixing(nn.Module):
                 f"summarymixing: combine='add' needs local_out == summary_out, got "
                 f"local_out={local_out} and summary_out={summary_out}"
             )
+        activation = resolve_activation(activation)
+        groups = nhead if block_diagonal else 1
         self.mode = mode
         self.combine = combine
-        self.summary = nn.Sequential(nn.Linear(d_model, summary_out), activation())
+        self.summary = _mlp(d_model, summary_hidden, summary_out, groups, activation)
+        self.summary_norm = nn.LayerNorm(summary_out) if norm else None
         if mode == "full":
-            self.local = nn.Sequential(nn.Linear(d_model, local_out), activation())
+            self.local = _mlp(d_model, local_hidden, local_out, groups, activation)
+            self.local_norm = nn.LayerNorm(local_out) if norm else None
             combined = local_out if combine == "add" else local_out + summary_out
             self.combiner = nn.Sequential(nn.Linear(combined, d_model), activation())
         else:
@@ -99,9 +171,13 @@ class SummaryMixing(nn.Module):
         """
         key_padding_mask = check_padding_mask(key_padding_mask, query)
         summary = self._summarize(query, key_padding_mask)  # (B, 1, S)
+        if self.summary_norm is not None:
+            summary = self.summary_norm(summary)
         if self.mode == "lite":
             return self.combiner(summary).expand_as(query), None
         local = self.local(query)
+        if self.local_norm is not None:
+            local = self.local_norm(local)
         if self.combine == "add":
             return self.combiner(local + summary), None
         return self.combiner(torch.cat([local, summary.expand(-1, query.shape[1], -1)], dim=-1)), None

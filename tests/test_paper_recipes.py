@@ -1,0 +1,78 @@
+"""The shipped BEST-RQ YAMLs reproduce the paper's experiment code (issue 9).
+
+Every base/large YAML builds through hyperpyyaml (on the ``meta`` device: sizes only, nothing
+allocated) and its total parameters (front-end + encoder + the 8192-way head) match those of the
+experiment code, whettenr/brq-att-alt-exp ``hparams/*.yaml`` run on whettenr/speechbrain-fork,
+listed in ``speechbrain_ext.sizes``; its encoder settings are the table's, and its schedule the
+experiment code's.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_ext.sizes import CODEBOOK_SIZE, PAPER_MIXERS, SIZES, paper_encoder_settings
+
+HPARAMS = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ" / "hparams"
+SHIPPED = [(size, mixer) for size in SIZES for mixer in SIZES[size].widths]
+
+
+def load_recipe(size: str, mixer: str, tmp_path: Path) -> dict:
+    """The hparams of a shipped YAML, every module built on the meta device."""
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out")}
+    with torch.device("meta"):
+        return load_hyperpyyaml((HPARAMS / size / f"{mixer}.yaml").read_text(), overrides)
+
+
+def test_every_shipped_yaml_is_in_the_size_table():
+    on_disk = sorted((path.parent.name, path.stem) for path in HPARAMS.glob("*/*.yaml"))
+    assert on_disk == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("size,mixer", [(s, m) for s, m in SHIPPED if m in PAPER_MIXERS])
+def test_parameters_match_the_experiment_code(size, mixer, tmp_path):
+    hparams = load_recipe(size, mixer, tmp_path)
+    model = hparams["model"]
+    assert len(model.heads) == 1 and model.heads[0].out_features == CODEBOOK_SIZE
+    count = sum(p.numel() for p in model.parameters())
+    paper = SIZES[size].paper_parameters[mixer]
+    assert abs(count / paper - 1) < 0.005, f"{size} {mixer}: {count / 1e6:.2f}M vs the paper's {paper / 1e6:.2f}M"
+
+
+@pytest.mark.parametrize("size,mixer", SHIPPED)
+def test_encoder_settings_are_the_tables(size, mixer, tmp_path):
+    hparams = load_recipe(size, mixer, tmp_path)
+    config = hparams["speech_encoder"].config
+    expected = paper_encoder_settings(size, mixer)
+    assert {key: config[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_mhsa_flash_has_the_mhsa_budget(size, tmp_path):
+    counts = {m: sum(p.numel() for p in load_recipe(size, m, tmp_path)["model"].parameters())
+              for m in ("mhsa", "mhsa_flash")}
+    assert abs(counts["mhsa_flash"] / counts["mhsa"] - 1) < 0.01, counts
+
+
+@pytest.mark.parametrize("size,mixer", SHIPPED)
+def test_schedule_is_the_experiment_codes(size, mixer, tmp_path):
+    """hparams/brq.yaml and its siblings: 205k steps, 150 buckets, AdamW (0.9, 0.98) eps 1e-8 wd 0.01,
+    Noam warm-up 25k at lr 8e-4, 400 s batches x 2 accumulation, 2-60 s utterances, one mask per batch."""
+    hparams = load_recipe(size, mixer, tmp_path)
+    assert hparams["optimizer_step_limit"] == 205000
+    assert hparams["num_buckets"] == 150
+    assert (hparams["seconds_per_batch"], hparams["grad_accumulation_factor"]) == (400, 2)
+    assert (hparams["avoid_if_shorter_than"], hparams["avoid_if_longer_than"]) == (2.0, 60.0)
+    assert hparams["max_grad_norm"] == 10.0 and hparams["precision"] == "bf16"
+    optimizer = hparams["optimizer"]
+    assert optimizer.func is torch.optim.AdamW
+    assert optimizer.keywords["lr"] == 8e-4 and optimizer.keywords["weight_decay"] == 0.01
+    assert optimizer.keywords.get("eps", 1e-8) == 1e-8
+    assert tuple(optimizer.keywords["betas"]) == (0.9, 0.98)
+    assert hparams["lr_scheduler"].n_warmup_steps == 25000
+    model = hparams["model"]
+    assert model.per_utterance_mask is False
+    assert (model.mask_prob, model.noise_std) == (0.15, 0.1)
+    assert hparams["encoder_layerdrop"] == SIZES[size].layerdrop
