@@ -76,3 +76,4 @@ def test_schedule_is_the_experiment_codes(size, mixer, tmp_path):
     assert model.per_utterance_mask is False
     assert (model.mask_prob, model.noise_std) == (0.15, 0.1)
     assert hparams["encoder_layerdrop"] == SIZES[size].layerdrop
+    assert hparams["find_unused_parameters"] is True  # LayerDrop under DDP, as the paper's run scripts
