@@ -164,3 +164,17 @@ def test_recipe_trains_as_its_mp3s_configuration(recipe, encoders, tmp_path):
                                           "beta": 1.2, "kenlm_model_path": None}
         assert hp["max_duration"] == (10.0 if recipe.task == "CommonVoice" else None)
         assert hp.get("token_type", "char") == ("bpe" if recipe.task == "CommonVoice" else "char")
+
+
+def test_mp3s_xvector_loss_gives_no_gradient_to_log_probabilities_below_minus_one():
+    """Why the Xvectors recipe offers nll_loss: MP3S's margin loss on log-probabilities clamps them."""
+    import torch
+
+    from speechbrain_ext.mp3s.brains import AngularMarginLoss
+
+    log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()  # log(1/1211) = -7.1
+    AngularMarginLoss(margin=0.2, scale=30)(log_probs, torch.tensor([0, 5])).backward()
+    assert log_probs.grad.abs().max() == 0
+    log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()
+    torch.nn.functional.nll_loss(log_probs, torch.tensor([0, 5])).backward()
+    assert log_probs.grad.abs().max() > 0
