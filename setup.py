@@ -23,6 +23,8 @@ setup(
     extras_require={
         # Compiles CUDA kernels from source: only on a CUDA machine.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        # KenLM n-gram language models in the MP3S ASR beam search (SpeechBrain's scorer needs pygtrie).
+        "lm": ["kenlm>=0.2", "pygtrie>=2.5"],
         "dev": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"],
     },
 )

@@ -208,6 +208,33 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     assert len(warnings) == 1 and "devel" in warnings[0].getMessage()
 
 
+def test_audio_where_the_slurp_download_script_leaves_it(corpus, tmp_path):
+    # The SLURP repository's scripts/download_audio.sh, run in scripts/, unpacks the archives into
+    # scripts/audio/slurp_real/ and scripts/audio/slurp_synth/; data_folder is the repository root.
+    audio = corpus / "scripts" / "audio"
+    audio.mkdir(parents=True)
+    (corpus / "slurp_real").rename(audio / "slurp_real")
+    entries = read_jsonl(corpus, "devel")[:2]
+    (audio / "slurp_synth").mkdir()
+    for entry in entries:
+        for rec in entry["recordings"]:
+            shutil.copy(audio / "slurp_real" / rec["file"], audio / "slurp_synth" / rec["file"])
+    (corpus / "dataset" / "slurp" / "train_synthetic.jsonl").write_text(
+        "".join(json.dumps(entry) + "\n" for entry in entries))
+
+    csvs = prepare_slurp(corpus, tmp_path / "a", use_synthetic=True)
+    for split in ("train", "devel", "test"):
+        _, rows = read_csv(csvs[split])
+        assert rows and all(os.path.isfile(row["wav"]) for row in rows)
+        real = [row for row in rows if "_synth_" not in row["ID"]]
+        assert all(f"{os.sep}scripts{os.sep}audio{os.sep}slurp_real{os.sep}" in row["wav"] for row in real)
+    _, train = read_csv(csvs["train"])
+    assert sum("_synth_" in row["ID"] for row in train) == sum(len(e["recordings"]) for e in entries)
+    shutil.rmtree(audio / "slurp_real")
+    with pytest.raises(FileNotFoundError, match="scripts/audio/slurp_real"):
+        prepare_slurp(corpus, tmp_path / "b")
+
+
 def test_split_without_usable_audio_raises(corpus, tmp_path):
     for entry in read_jsonl(corpus, "test"):
         for rec in entry["recordings"]:

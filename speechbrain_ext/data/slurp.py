@@ -10,8 +10,8 @@ one JSON object per line and sentence:
 `{"slurp_id": 13804, "sentence": "wake me up at five am this week", "scenario": "alarm",
 "action": "set", "intent": "alarm_set", ..., "recordings": [{"file": "audio-1434542201-headset.flac",
 ...}, ...]}`; the 16 kHz FLAC recordings in `<data_folder>/slurp_real/` (synthetic speech:
-`slurp_synth/`), or in `<data_folder>/audio/slurp_real/` as the SLURP repository's download
-script leaves them. Durations come from the file headers (`soundfile.info`), so preparation
+`slurp_synth/`), or in `<data_folder>/scripts/audio/slurp_real/` (or `audio/slurp_real/`) as the SLURP
+repository's download script leaves them. Durations come from the file headers (`soundfile.info`), so preparation
 never decodes the audio.
 
 Authors
@@ -171,14 +171,21 @@ def prepare_slurp(
     return csv_files
 
 
+#: Where the recordings may sit, relative to data_folder: SpeechBrain's SLURP recipe layout, then the SLURP
+#: repository's, whose `scripts/download_audio.sh` unpacks them into `scripts/audio/` (or `audio/` when run there).
+AUDIO_LOCATIONS: tuple[str, ...] = (".", "scripts/audio", "audio")
+
+
 def _audio_folder(data_folder: Path, name: str) -> Path:
-    """`slurp_real/` or `slurp_synth/` beside `dataset/`, or under `audio/` (the SLURP repository)."""
-    for candidate in (data_folder / name, data_folder / "audio" / name):
+    """`slurp_real/` or `slurp_synth/` beside `dataset/`, or under `scripts/audio/` or `audio/` (SLURP repository)."""
+    candidates = [data_folder / location / name for location in AUDIO_LOCATIONS]
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(
-        f"SLURP audio folder {name}/ not found in {data_folder} nor in {data_folder / 'audio'}. data_folder "
-        f"must hold dataset/slurp/<split>.jsonl and the recordings in {name}/<file>.flac"
+        f"SLURP audio folder {name}/ not found: looked for {', '.join(str(c) for c in candidates)}. data_folder "
+        f"must hold dataset/slurp/<split>.jsonl and the recordings in {name}/<file>.flac (or scripts/audio/{name}/, "
+        f"where the SLURP repository's download script puts them)"
     )
 
 

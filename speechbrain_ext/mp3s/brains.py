@@ -1,7 +1,9 @@
 """Training loops of the MP3S downstream tasks: CTC ASR, utterance classification, speaker verification.
 
 All share MP3S's optimisation: Adam for the head, a separate Adam (higher rate) for the layer
-weights, each annealed by NewBob on the validation error; the encoder stays frozen.
+weights, each annealed after validation as the task's MP3S ``train.py`` does (``anneal_on``:
+NewBob on the validation loss for ASR, on the error rate for classification; a linear decay per
+epoch for VoxCeleb1, whose layer-weight rate stays constant); the encoder stays frozen.
 """
 
 from __future__ import annotations
@@ -67,16 +69,26 @@ class DownstreamBrain(ResilientBrain):
     def stage_metrics(self, stage) -> dict:
         return {}
 
+    def _anneal(self, scheduler, optimizer, stats: dict, epoch: int) -> float:
+        """Steps ``scheduler`` (None: a constant rate) after validation; returns the rate it used."""
+        current = optimizer.param_groups[0]["lr"]
+        if scheduler is None:
+            return current
+        anneal_on = getattr(self.hparams, "anneal_on", "error")
+        value = epoch if anneal_on == "epoch" else stats["loss" if anneal_on == "loss" else self.error_key]
+        old, new = scheduler(value)
+        update_learning_rate(optimizer, new)
+        return old
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": stage_loss, **self.stage_metrics(stage)}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
             error = stats[self.error_key]
-            lr_model, new_lr_model = self.hparams.lr_annealing_model(error)
-            lr_weights, new_lr_weights = self.hparams.lr_annealing_weights(error)
-            update_learning_rate(self.model_optimizer, new_lr_model)
-            update_learning_rate(self.weights_optimizer, new_lr_weights)
+            lr_model = self._anneal(self.hparams.lr_annealing_model, self.model_optimizer, stats, epoch)
+            lr_weights = self._anneal(getattr(self.hparams, "lr_annealing_weights", None), self.weights_optimizer,
+                                      stats, epoch)
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr_model": lr_model, "lr_weights": lr_weights},
                 train_stats=self.train_stats,
@@ -91,12 +103,15 @@ class DownstreamBrain(ResilientBrain):
 
 
 class CTCBrain(DownstreamBrain):
-    """Character CTC ASR: greedy decoding, WER and CER.
+    """CTC ASR on characters or BPE units: greedy decoding at validation, beam search at test; WER and CER.
 
-    hparams: ``label_encoder`` (``CTCTextEncoder``), ``blank_index``.
+    hparams: ``blank_index``, ``test_decoding`` ("beam", MP3S, or "greedy") and ``test_beam_search``
+    (options of SpeechBrain's ``CTCBeamSearcher``). The task sets ``units``
+    (:class:`~speechbrain_ext.mp3s.text.CharacterUnits` or ``SentencePieceUnits``) before training.
     """
 
     error_key = "WER"
+    units = None
 
     def compute_forward(self, batch, stage):
         feats, lengths = self.features(batch)
@@ -108,18 +123,23 @@ class CTCBrain(DownstreamBrain):
         tokens, token_lens = tokens.to(self.device), token_lens.to(self.device)
         loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lengths, token_lens, blank_index=self.hparams.blank_index)
         if stage != sb.Stage.TRAIN:
-            hyps = sb.decoders.ctc_greedy_decode(log_probs, lengths, blank_id=self.hparams.blank_index)
-            # Outputs beyond the symbols seen in training (the head is sized in the YAML) read as nothing.
-            symbols = self.hparams.label_encoder.ind2lab
-            words = ["".join(symbols.get(int(i), "") for i in hyp).split() for hyp in hyps]
+            words = self.decoder(log_probs.detach().cpu(), lengths.cpu())
             targets = [text.split() for text in batch.wrd]
             self.wer.append(batch.id, words, targets)
             self.cer.append(batch.id, words, targets)
         return loss
 
     def on_stage_start(self, stage, epoch=None):
+        from speechbrain_ext.mp3s.text import CTCDecoder
+
         self.wer = ErrorRateStats()
         self.cer = ErrorRateStats(split_tokens=True)
+        beam = None
+        if stage == sb.Stage.TEST and getattr(self.hparams, "test_decoding", "greedy") == "beam":
+            beam = dict(self.hparams.test_beam_search)
+        elif getattr(self.hparams, "test_decoding", "greedy") not in ("beam", "greedy"):
+            raise ValueError(f"test_decoding must be 'beam' or 'greedy', got {self.hparams.test_decoding!r}")
+        self.decoder = CTCDecoder(self.units, self.hparams.blank_index, beam)
 
     def stage_metrics(self, stage) -> dict:
         if stage == sb.Stage.TRAIN:
@@ -157,8 +177,41 @@ class ClassificationBrain(DownstreamBrain):
         return {"accuracy": accuracy, "error": 1.0 - accuracy}
 
 
+def random_crops(wavs: torch.Tensor, wav_lens: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window of ``size`` samples per utterance (shorter ones whole), as MP3S's ``random_chunk``.
+
+    Example
+    -------
+    >>> crops, lens = random_crops(torch.arange(20.0).repeat(2, 1), torch.tensor([1.0, 0.2]), 6)
+    >>> crops.shape, [round(x, 3) for x in lens.tolist()], crops[1, :4].tolist()
+    (torch.Size([2, 6]), [1.0, 0.667], [0.0, 1.0, 2.0, 3.0])
+    """
+    width = min(size, wavs.shape[1])
+    counts = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+    crops = wavs.new_zeros(wavs.shape[0], width)
+    kept = []
+    for i, count in enumerate(counts):
+        start = int(torch.randint(0, count - width + 1, ()).item()) if count > width else 0
+        piece = wavs[i, start:start + min(width, count)]
+        crops[i, : piece.shape[0]] = piece
+        kept.append(piece.shape[0] / width)
+    return crops, torch.tensor(kept, dtype=wav_lens.dtype, device=wav_lens.device)
+
+
 class VerificationBrain(ClassificationBrain):
-    """Speaker classification training, then verification by cosine scoring of embeddings."""
+    """Speaker classification training, then verification by cosine scoring of embeddings.
+
+    With ``crop_seconds`` (MP3S: 3 s), training and validation batches are random windows of
+    that length of each utterance; testing, embeddings and trials use whole utterances.
+    """
+
+    def compute_forward(self, batch, stage):
+        wavs, wav_lens = batch.sig
+        seconds = getattr(self.hparams, "crop_seconds", None)
+        if seconds and stage != sb.Stage.TEST:
+            wavs, wav_lens = random_crops(wavs, wav_lens, int(seconds * self.hparams.sample_rate))
+        feats, lengths = self.modules.ssl(wavs.to(self.device), wav_lens.to(self.device))
+        return self.modules.head(feats, lengths)
 
     @torch.no_grad()
     def embeddings(self, dataset, loader_kwargs: dict) -> dict[str, torch.Tensor]:

@@ -1,0 +1,180 @@
+"""Every MP3S recipe's head, for any encoder width E, has the parameters of the benchmark's configuration.
+
+The reference counts are written out from the layer lists of speechbrain/benchmarks
+``benchmarks/MP3S/<Task>/<head>/hparams/ssl.yaml`` (cited per case); the few large SpeechBrain
+blocks (ContextNet, ECAPA-TDNN, x-vector) are built with the arguments that file gives them.
+"""
+
+import pytest
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_ext.bestrq import SpeechEncoder
+from speechbrain_ext.mp3s.suite import RECIPES
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def linear(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def lstm(n_in: int, hidden: int, layers: int, bidirectional: bool = True) -> int:
+    """torch.nn.LSTM (SpeechBrain's LSTM wraps it): 4 gates, input and hidden weights, two biases."""
+    directions = 2 if bidirectional else 1
+    total = 0
+    for layer in range(layers):
+        width = n_in if layer == 0 else hidden * directions
+        total += directions * (4 * hidden * width + 4 * hidden * hidden + 8 * hidden)
+    return total
+
+
+def ecapa(E: int, lin_neurons: int) -> int:
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+    return n_params(ECAPA_TDNN(E, channels=[512, 512, 512, 512, 1536], kernel_sizes=[5, 3, 3, 3, 1],
+                               dilations=[1, 2, 3, 4, 1], groups=[1, 1, 1, 1, 1], attention_channels=64,
+                               lin_neurons=lin_neurons))
+
+
+def ecapa_classifier(n_in: int, classes: int) -> int:
+    from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+
+    return n_params(Classifier(n_in, out_neurons=classes))
+
+
+def mp3s_head_params(task: str, head: str, E: int, C: int) -> int:
+    """Parameters of the MP3S head (everything but the SSL model and its layer weights)."""
+    if (task, head) == ("LibriSpeech", "LSTM"):
+        # LibriSpeech/LSTM/hparams/ssl.yaml: enc LSTM(E, 1024, 2 layers, bidirectional); ctc_lin Linear(2048, 30)
+        return lstm(E, 1024, 2) + linear(2048, 30)
+    if (task, head) == ("LibriSpeech", "contextnet"):
+        # LibriSpeech/contextnet/hparams/ssl.yaml: enc ContextNet(input E, strides [1] * 21); ctc_lin Linear(640, 30)
+        from speechbrain.lobes.models.ContextNet import ContextNet
+
+        return n_params(ContextNet(input_shape=[None, None, E], strides=[1] * 21)) + linear(640, 30)
+    if (task, head) == ("CommonVoice", "LSTM"):
+        # CommonVoice/LSTM/hparams/ssl.yaml: LSTM(E, 1024, 2 layers, bidirectional); Linear(2048, 100 BPE units)
+        return lstm(E, 1024, 2) + linear(2048, 100)
+    if (task, head) == ("CommonVoice", "linear"):
+        # CommonVoice/linear/hparams/ssl.yaml: VanillaNN(E -> 1024, 1 block, Sigmoid); ctc_lin Linear(1024, 100)
+        return linear(E, 1024) + linear(1024, 100)
+    if (task, head) == ("VoxCeleb1", "ecapa_tdnn"):
+        # VoxCeleb1/ecapa_tdnn/hparams/ssl.yaml: ECAPA_TDNN(E, ..., lin_neurons 512); Classifier(512, speakers)
+        return ecapa(E, 512) + ecapa_classifier(512, C)
+    if (task, head) == ("VoxCeleb1", "Xvectors"):
+        # VoxCeleb1/Xvectors/hparams/ssl.yaml: Xvector(E, 5 TDNN blocks [512 x 4, 1500], kernels [5, 3, 3, 1, 1],
+        # dilations [1, 2, 3, 1, 1], lin_neurons 512); Xvector Classifier([., ., 512], 1 block of 512, speakers)
+        import torch
+        from speechbrain.lobes.models.Xvector import Classifier, Xvector
+
+        xvector = Xvector(in_channels=E, activation=torch.nn.LeakyReLU, tdnn_blocks=5,
+                          tdnn_channels=[512, 512, 512, 512, 1500], tdnn_kernel_sizes=[5, 3, 3, 1, 1],
+                          tdnn_dilations=[1, 2, 3, 1, 1], lin_neurons=512)
+        classifier = Classifier(input_shape=[None, None, 512], activation=torch.nn.LeakyReLU, lin_blocks=1,
+                                lin_neurons=512, out_neurons=C)
+        return n_params(xvector) + n_params(classifier)
+    if (task, head) == ("IEMOCAP", "linear"):
+        # IEMOCAP/linear/hparams/ssl.yaml: StatisticsPooling(return_std False); output_mlp Linear(E, 4, bias False)
+        return linear(E, C, bias=False)
+    if (task, head) == ("IEMOCAP", "ecapa_tdnn"):
+        # IEMOCAP/ecapa_tdnn/hparams/ssl.yaml: ECAPA_TDNN(E, ..., lin_neurons 96); Classifier(96, 4)
+        return ecapa(E, 96) + ecapa_classifier(96, C)
+    if (task, head) == ("SLURP", "linear"):
+        # SLURP/linear/hparams/ssl.yaml: StatisticsPooling(return_std False); output_mlp Linear(E, 18, bias False)
+        return linear(E, C, bias=False)
+    if (task, head) == ("SLURP", "LSTM_linear"):
+        # SLURP/LSTM_linear/hparams/ssl.yaml: enc Sequential(LSTM(E, hidden E, 2 layers, bidirectional),
+        # Linear(2E, E)); StatisticsPooling(return_std False); output_mlp Linear(E, 18, bias False)
+        return lstm(E, E, 2) + linear(2 * E, E) + linear(E, C, bias=False)
+    raise KeyError((task, head))
+
+
+CLASSES = {"VoxCeleb1": 1211, "IEMOCAP": 4, "SLURP": 18}
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """Exported encoders of two widths (the heads must follow E)."""
+    folders = {}
+    for width in (48, 72):
+        folder = tmp_path_factory.mktemp(f"enc{width}")
+        SpeechEncoder("fastformer", num_layers=1, d_model=width, d_ffn=32, nhead=4).save_pretrained(folder)
+        folders[width] = folder
+    return folders
+
+
+def load_recipe(recipe, folder, tmp_path, extra: dict | None = None) -> dict:
+    overrides = {"ssl_folder": str(folder), "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+                 **({"num_classes": CLASSES[recipe.task]} if recipe.task in CLASSES else {}), **(extra or {})}
+    with open(recipe.hparams, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, overrides)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
+def test_head_has_the_parameters_of_the_mp3s_configuration(recipe, encoders, tmp_path):
+    widths = (48, 72) if recipe.head in ("linear", "LSTM_linear") else (48,)  # the large heads at one width
+    for width in widths:
+        hparams = load_recipe(recipe, encoders[width], tmp_path)
+        C = CLASSES.get(recipe.task, 0)
+        assert n_params(hparams["head"]) == mp3s_head_params(recipe.task, recipe.head, width, C), width
+
+
+MP3S_TRAINING = {
+    # (task, head): (epochs, batch size, head lr, head annealing factor or "linear", annealed on, shuffle)
+    # from each benchmarks/MP3S/<Task>/<head>/hparams/ssl.yaml and train.py
+    ("LibriSpeech", "LSTM"): (20, 4, 2e-4, 0.8, "loss", False),
+    ("LibriSpeech", "contextnet"): (2, 4, 2e-4, 0.8, "loss", False),
+    ("CommonVoice", "LSTM"): (20, 4, 2e-4, 0.8, "loss", False),
+    ("CommonVoice", "linear"): (20, 4, 2e-4, 0.8, "loss", False),
+    ("VoxCeleb1", "ecapa_tdnn"): (15, 8, 1e-3, "linear", "epoch", True),
+    ("VoxCeleb1", "Xvectors"): (15, 8, 1e-3, "linear", "epoch", True),
+    ("IEMOCAP", "linear"): (30, 2, 2e-4, 0.9, "error", True),
+    ("IEMOCAP", "ecapa_tdnn"): (30, 2, 2e-4, 0.9, "error", True),
+    ("SLURP", "linear"): (20, 2, 2e-4, 0.8, "error", True),
+    ("SLURP", "LSTM_linear"): (20, 2, 2e-4, 0.8, "error", True),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
+def test_recipe_trains_as_its_mp3s_configuration(recipe, encoders, tmp_path):
+    from speechbrain.nnet.schedulers import LinearScheduler
+
+    small = {"hidden_size": 8, "contextnet_channels": 8, "contextnet_blocks": 2,
+             "ecapa_channels": [8, 8, 8, 8, 24], "embedding_dim": 8, "dnn_neurons": 8}
+    text = recipe.hparams.read_text()
+    hp = load_recipe(recipe, encoders[48], tmp_path, {k: v for k, v in small.items() if f"\n{k}:" in text})
+    epochs, batch, lr, factor, anneal_on, shuffle = MP3S_TRAINING[recipe.task, recipe.head]
+    assert hp["number_of_epochs"] == epochs and hp["batch_size"] == batch and hp["lr"] == lr
+    assert hp["lr_weights"] == 0.01 and hp["anneal_on"] == anneal_on
+    assert bool(hp["train_dataloader_opts"].get("shuffle", False)) == shuffle
+    assert hp["sorting"] == ("random" if shuffle else "ascending")
+    if factor == "linear":
+        assert isinstance(hp["lr_annealing_model"], LinearScheduler) and hp["lr_annealing_weights"] is None
+        assert hp["lr_final"] == 1e-4 and hp["model_opt_class"].keywords["weight_decay"] == 2e-6
+        assert hp["crop_seconds"] == 3.0 and hp["valid_ratio"] == 0.1
+    else:
+        assert hp["lr_annealing_model"].annealing_factor == factor
+        assert hp["lr_annealing_weights"].annealing_factor == 0.9
+    if recipe.task in ("LibriSpeech", "CommonVoice"):
+        assert hp["test_decoding"] == "beam"
+        assert hp["test_beam_search"] == {"beam_size": 143, "topk": 1, "beam_prune_logp": -12.0,
+                                          "token_prune_min_logp": -1.2, "prune_history": True, "alpha": 0.8,
+                                          "beta": 1.2, "kenlm_model_path": None}
+        assert hp["max_duration"] == (10.0 if recipe.task == "CommonVoice" else None)
+        assert hp.get("token_type", "char") == ("bpe" if recipe.task == "CommonVoice" else "char")
+
+
+def test_mp3s_xvector_loss_gives_no_gradient_to_log_probabilities_below_minus_one():
+    """Why the Xvectors recipe offers nll_loss: MP3S's margin loss on log-probabilities clamps them."""
+    import torch
+
+    from speechbrain_ext.mp3s.brains import AngularMarginLoss
+
+    log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()  # log(1/1211) = -7.1
+    AngularMarginLoss(margin=0.2, scale=30)(log_probs, torch.tensor([0, 5])).backward()
+    assert log_probs.grad.abs().max() == 0
+    log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()
+    torch.nn.functional.nll_loss(log_probs, torch.tensor([0, 5])).backward()
+    assert log_probs.grad.abs().max() > 0

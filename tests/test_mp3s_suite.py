@@ -1,0 +1,109 @@
+"""The MP3S suite's bookkeeping (fast, without training): run identity, class counts, failures, tables, plots."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from speechbrain_ext.bestrq import SpeechEncoder
+from speechbrain_ext.data import toy
+from speechbrain_ext.mp3s import suite
+from speechbrain_ext.mp3s.tasks import TASKS, check_run_identity, count_classes, encoder_digest
+
+
+def identity(digest="a" * 64, fold=1, task="IEMOCAP ER", head="linear"):
+    return {"task": task, "head": head, "encoder_digest": digest, "fold": fold, "encoder": "/enc"}
+
+
+def test_a_run_folder_refuses_another_encoder_or_fold(tmp_path):
+    check_run_identity(tmp_path, identity())
+    check_run_identity(tmp_path, identity())  # the same run resumes
+    with pytest.raises(ValueError, match=r"encoder_digest: 'a+' there, 'b+' now.*another --output_folder"):
+        check_run_identity(tmp_path, identity(digest="b" * 64))
+    with pytest.raises(ValueError, match="fold: 1 there, 3 now"):
+        check_run_identity(tmp_path, identity(fold=3))
+
+
+def test_encoder_digest_follows_the_weights(tmp_path):
+    a = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "a")
+    b = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "b")
+    assert encoder_digest(a) == encoder_digest(a) != encoder_digest(b)
+
+
+@pytest.mark.parametrize("task", ["VoxCeleb1", "SLURP"])
+def test_class_count_of_a_partial_corpus_comes_from_its_training_data(task, tmp_path, caplog):
+    if task == "VoxCeleb1":
+        data = toy.write_toy_voxceleb1(tmp_path / "data", num_speakers=3, test_speakers=2, videos_per_speaker=2,
+                                       utterances_per_video=2)
+        hparams = {"mp3s_num_classes": 1211, "valid_ratio": 0.1}
+    else:
+        data = toy.write_toy_slurp(tmp_path / "data", recordings_per_scenario=2, scenarios=("alarm", "music", "iot"))
+        hparams = {"mp3s_num_classes": 18}
+    hparams.update(data_folder=str(data), output_folder=str(tmp_path / "out"), skip_prep=False)
+    with caplog.at_level("WARNING"):
+        assert count_classes(TASKS[task], hparams) == 3
+    assert f"the MP3S standard corpus {hparams['mp3s_num_classes']}" in caplog.text
+
+
+def fake_rows(task, head, encoder, value, fold=None):
+    return [{"task": TASKS[task].name, "head": head, "test_set": "test", "metric": TASKS[task].metrics[0],
+             "value": value, "epochs": 2, "encoder": str(encoder), "mixer": "mamba", "fold": fold}]
+
+
+def test_suite_records_a_failing_recipe_and_still_writes_every_table(tmp_path, monkeypatch):
+    encoder = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "e")
+
+    def fake_run_recipe(recipe, enc, data_folder, output, extra):
+        if recipe.task == "SLURP":
+            stderr = ("speechbrain.core - WARNING - a harmless warning\nTraceback (most recent call last):\n"
+                      '  File "train.py", line 9, in <module>\nFileNotFoundError: SLURP file(s) not found in /x\n')
+            raise suite.RecipeFailed("SLURP failed", suite.error_summary(stderr))
+        fold = next(int(o.split("=")[1]) for o in extra if o.startswith("--test_spk_id="))
+        output.mkdir(parents=True)
+        (output / "layer_weights.json").write_text(json.dumps(
+            {"task": "IEMOCAP ER", "head": recipe.head, "encoder": str(enc), "mixer": "mamba", "fold": fold,
+             "layer_weights": [0.5, 0.3, 0.2]}))
+        return fake_rows("IEMOCAP", recipe.head, enc, 0.5 + fold / 100, fold)
+
+    monkeypatch.setattr(suite, "run_recipe", fake_run_recipe)
+    rows = suite.run_suite([encoder], {"IEMOCAP": [("", "/iemocap")], "SLURP": [("", "/slurp")]}, tmp_path / "out",
+                           [], folds=(1, 3))
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(failed) == 2 and {row["head"] for row in failed} == {"linear", "LSTM_linear"}
+    assert failed[0]["error"].endswith("FileNotFoundError: SLURP file(s) not found in /x")
+    assert "harmless warning" not in failed[0]["error"]
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == 6 and {row["fold"] for row in written if row["status"] == "ok"} == {"1", "3"}
+    assert [row["status"] for row in written].count("failed") == 2
+    wide = (tmp_path / "out" / "results_wide.md").read_text()
+    assert "IEMOCAP ER linear accuracy (test)" in wide and "0.5200 ± 0.0141 (2 folds)" in wide
+    with open(tmp_path / "out" / "results_wide.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["mixer"] == "mamba" and math.isclose(float(row["IEMOCAP ER linear accuracy (test)"]), 0.52)
+    plots = sorted(p.name for p in (tmp_path / "out" / "layer_weights").glob("*.png"))
+    assert plots == [f"mamba-{encoder_digest(encoder)[:8]}-IEMOCAP_ER-{h}.png" for h in ("ecapa_tdnn", "linear")]
+    # Each run has a folder of its own, named by the encoder's digest and the fold.
+    assert {row["fold"] for row in rows if row["status"] == "ok"} == {1, 3}
+
+
+def test_suite_never_shares_a_run_folder_between_encoders(tmp_path, monkeypatch):
+    encoders = [SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / n)
+                for n in ("a", "b")]
+    outputs = []
+
+    def fake_run_recipe(recipe, enc, data_folder, output, extra):
+        outputs.append(output)
+        return fake_rows("SLURP", recipe.head, enc, 0.7)
+
+    monkeypatch.setattr(suite, "run_recipe", fake_run_recipe)
+    suite.run_suite(encoders[:1], {"SLURP": [("", "/slurp")]}, tmp_path / "out", [])
+    suite.run_suite(encoders[1:], {"SLURP": [("", "/slurp")]}, tmp_path / "out", [])
+    assert len(set(outputs)) == 4
+
+
+def test_folds_option():
+    assert suite._folds("1-3,7") == (1, 2, 3, 7)
+    with pytest.raises(Exception, match="1-10"):
+        suite._folds("0,11")
