@@ -163,5 +163,5 @@ def test_invalid_mixer_options_are_refused():
     with pytest.raises(ValueError, match="head width d_model / nhead = 20 / 4 = 5 must be even"):
         build_mixer("mhsa_flash", 20, 4)
     x = torch.randn(1, 5, 32)
-    with pytest.raises(ValueError, match="attn_mask is not supported"):
-        small_mixer("mhsa_flash")(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mhsa_flash cannot honour this attn_mask"):
+        small_mixer("mhsa_flash")(x, x, x, attn_mask=torch.ones(5, 5, dtype=torch.bool).triu(1))

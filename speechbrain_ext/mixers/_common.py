@@ -129,3 +129,61 @@ def relative_sinusoids(
     offsets = torch.arange(length - 1, -length, -1, dtype=torch.float32, device=device).abs()
     angles = offsets.unsqueeze(-1) * _inverse_frequencies(dim, device)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).unsqueeze(0).to(dtype)
+
+
+def attention_mask_kind(
+    mixer: str, attn_mask: Optional[torch.Tensor], length: int, supported: tuple[str, ...] = ()
+) -> Optional[str]:
+    """What an ``attn_mask`` asks of a mixer: None (it masks nothing) or "causal"; raises otherwise.
+
+    SpeechBrain passes (T, T) masks (or (N, T, T) copies), bool with True where a query may not
+    see a key, or float with -inf there (``get_lookahead_mask``). A mixer can honour only the
+    kinds in ``supported``; any other mask (dynamic-chunk, lookahead, soft biases) raises a
+    ValueError naming the mixer and what it supports, instead of being ignored.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
+    >>> causal = get_lookahead_mask(torch.zeros(1, 4))
+    >>> attention_mask_kind("summarymixing", causal, 4, supported=("causal",))
+    'causal'
+    >>> attention_mask_kind("hypermixing", causal, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: hypermixing cannot honour this attn_mask (a causal mask); it supports no attn_mask (full context only)
+    """
+    if attn_mask is None:
+        return None
+    if attn_mask.shape[-2:] != (length, length):
+        raise ValueError(
+            f"{mixer}: attn_mask must end in (T, T) = ({length}, {length}), got {tuple(attn_mask.shape)}"
+        )
+    if attn_mask.dtype == torch.bool:
+        blocked = attn_mask
+    else:
+        if not bool(((attn_mask == 0) | torch.isneginf(attn_mask)).all()):
+            what = "an additive mask with finite non-zero values"
+            blocked = None
+        else:
+            blocked = torch.isneginf(attn_mask)
+    kind = None
+    if blocked is not None:
+        future = torch.ones(length, length, dtype=torch.bool, device=blocked.device).triu(1)
+        if not bool(blocked.any()):
+            return None
+        if bool((blocked == future).all()):
+            kind, what = "causal", "a causal mask"
+        else:
+            what = "a mask that is neither empty nor causal (e.g. dynamic chunks or lookahead)"
+    if kind is not None and kind in supported:
+        return kind
+    can = ", ".join(supported) + " attn_mask" if supported else "no attn_mask (full context only)"
+    raise ValueError(f"{mixer} cannot honour this attn_mask ({what}); it supports {can}")
+
+
+def causal_mean(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Running mean over time of x (B, T, S) over the valid frames up to each frame (padding excluded)."""
+    if valid is None:
+        valid = torch.ones_like(x[..., :1])
+    count = valid.cumsum(dim=1).clamp(min=1.0)
+    return (x * valid).cumsum(dim=1) / count

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import check_heads, check_padding_mask
+from speechbrain_ext.mixers._common import attention_mask_kind, check_heads, check_padding_mask
 
 SCORINGS = ("per_head", "linear")
 INITS = ("default", "normal")
@@ -43,6 +43,10 @@ class Fastformer(nn.Module):
         Dropout on the pooled global query and key.
     init : str
         ``"default"`` (PyTorch's) or ``"normal"``: linear weights N(0, 0.02), zero biases.
+    causal : bool
+        Cumulative pooling: frame t uses the global query and key pooled over frames 0..t
+        (a running softmax, computed in the log domain so that no later frame changes it).
+        A SpeechBrain causal ``attn_mask`` turns this on for one call; any other mask raises.
 
     Example
     -------
@@ -50,6 +54,8 @@ class Fastformer(nn.Module):
     >>> out, attn = Fastformer(64, nhead=4)(x, x, x)
     >>> out.shape, attn
     (torch.Size([2, 50, 64]), None)
+    >>> Fastformer(64, nhead=4, causal=True)(x, x, x)[0].shape
+    torch.Size([2, 50, 64])
     """
 
     pos_embs_kind = None
@@ -62,6 +68,7 @@ class Fastformer(nn.Module):
         scoring: str = "per_head",
         dropout: float = 0.0,
         init: str = "default",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         check_heads("fastformer", d_model, nhead)
@@ -70,6 +77,7 @@ class Fastformer(nn.Module):
         if init not in INITS:
             raise ValueError(f"fastformer: unknown init {init!r}; valid: {', '.join(INITS)}")
         self.nhead = nhead
+        self.causal = causal
         self.head_dim = d_model // nhead
         self.query = nn.Linear(d_model, d_model)
         self.key = nn.Linear(d_model, d_model)
@@ -101,23 +109,29 @@ class Fastformer(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
-        ``key``, ``value``, ``attn_mask`` and ``pos_embs`` are ignored (self-mixing only).
+        ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
+        None or causal (see ``causal``).
         """
         key_padding_mask = check_padding_mask(key_padding_mask, query)
         batch, length, d_model = query.shape
+        mask_kind = attention_mask_kind("fastformer", attn_mask, length, supported=("causal",))
+        causal = self.causal or mask_kind == "causal"
         heads = (batch, length, self.nhead, self.head_dim)
         q = self.query(query).view(heads)
         k = self.key(query).view(heads)
         v = q if self.value is None else self.value(query).view(heads)
 
-        q_global = self._pool(q, "query", key_padding_mask)  # (B, H, E/H)
-        p = k * q_global.unsqueeze(1)
-        k_global = self._pool(p, "key", key_padding_mask)
-        u = (v * k_global.unsqueeze(1)).reshape(batch, length, d_model)
+        q_global = self._pool(q, "query", key_padding_mask, causal)  # (B, H, E/H), or (B, T, H, E/H)
+        p = k * (q_global if causal else q_global.unsqueeze(1))
+        k_global = self._pool(p, "key", key_padding_mask, causal)
+        u = (v * (k_global if causal else k_global.unsqueeze(1))).reshape(batch, length, d_model)
         return self.transform(u) + q.reshape(batch, length, d_model), None
 
-    def _pool(self, x: torch.Tensor, which: str, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Softmax-over-time weighted sum of x (B, T, H, E/H) -> (B, H, E/H), padding excluded.
+    def _pool(
+        self, x: torch.Tensor, which: str, key_padding_mask: Optional[torch.Tensor], causal: bool = False
+    ) -> torch.Tensor:
+        """Softmax-over-time weighted sum of x (B, T, H, E/H) -> (B, H, E/H), padding excluded;
+        with ``causal``, the sum over frames 0..t for every t: (B, T, H, E/H).
 
         ``which`` ("query" or "key") picks the scoring parameters.
         """
@@ -129,5 +143,23 @@ class Fastformer(nn.Module):
         if key_padding_mask is not None:
             # finfo.min rather than -inf: a row with no valid frame gets finite weights, not NaN.
             logits = logits.masked_fill(key_padding_mask.unsqueeze(-1), torch.finfo(logits.dtype).min)
+        if causal:
+            return self.dropout(_cumulative_softmax_pool(logits, x))
         weights = logits.softmax(dim=1).to(x.dtype)
         return self.dropout(torch.einsum("bth,bthe->bhe", weights, x))
+
+
+def _cumulative_softmax_pool(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_{s<=t} softmax_{s<=t}(logits)_s x_s for every t: logits (B, T, H), x (B, T, H, E) -> (B, T, H, E).
+
+    Exact and overflow-free for any logits: x is split into its positive and negative parts and
+    each weighted sum is a ``logcumsumexp`` in the log domain, so frame t never reads a later frame
+    (a global max subtracted for stability would).
+    """
+    logits = logits.float().unsqueeze(-1)  # (B, T, H, 1)
+    x32 = x.float()
+    tiny = torch.finfo(torch.float32).tiny
+    log_norm = torch.logcumsumexp(logits, dim=1)
+    positive = torch.exp(torch.logcumsumexp(logits + x32.clamp(min=tiny).log(), dim=1) - log_norm)
+    negative = torch.exp(torch.logcumsumexp(logits + (-x32).clamp(min=tiny).log(), dim=1) - log_norm)
+    return (positive - negative).to(x.dtype)

@@ -15,6 +15,7 @@ from torch import nn
 
 from speechbrain_ext.mixers._common import (
     absolute_sinusoids,
+    attention_mask_kind,
     check_heads,
     check_padding_mask,
     check_sizes,
@@ -88,11 +89,13 @@ class HyperMixing(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
-        ``key``, ``value`` and ``attn_mask`` are ignored (self-mixing only). ``pos_embs`` is
+        ``key`` and ``value`` are ignored (self-mixing only); an ``attn_mask`` that masks
+        anything raises (HyperMixing mixes the whole utterance: no causal form). ``pos_embs`` is
         (1, T, E) from ``absolute_sinusoids``; computed here when None.
         """
         key_padding_mask = check_padding_mask(key_padding_mask, query)
         batch, length, _ = query.shape
+        attention_mask_kind("hypermixing", attn_mask, length)
         x = query
         valid = valid_frames(key_padding_mask, x)
         if valid is not None:

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import check_padding_mask, check_sizes
+from speechbrain_ext.mixers._common import attention_mask_kind, check_padding_mask, check_sizes
 from speechbrain_ext.mixers.scan import selective_scan
 
 MERGES = ("add", "concat")
@@ -163,6 +163,10 @@ class BidirectionalMamba(nn.Module):
         input added to their merged output (the paper's code).
     norm_eps : float
         Epsilon of that RMSNorm.
+    causal : bool
+        Forward direction only (no ``backward_block``; ``merge`` must be "add"): frame t reads
+        frames 0..t, and a SpeechBrain causal ``attn_mask`` is accepted. A bidirectional
+        instance raises on any attn_mask that masks something.
     **block_kwargs
         Passed to both :class:`MambaBlock` (d_state, d_conv, expand, ...).
 
@@ -172,6 +176,8 @@ class BidirectionalMamba(nn.Module):
     >>> out, attn = BidirectionalMamba(32, nhead=1)(x, x, x)
     >>> out.shape, attn
     (torch.Size([2, 20, 32]), None)
+    >>> BidirectionalMamba(32, causal=True)(x, x, x)[0].shape
+    torch.Size([2, 20, 32])
     """
 
     pos_embs_kind = None
@@ -183,14 +189,18 @@ class BidirectionalMamba(nn.Module):
         merge: str = "add",
         prenorm_residual: bool = False,
         norm_eps: float = 1e-5,
+        causal: bool = False,
         **block_kwargs,
     ) -> None:
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"mamba: unknown merge {merge!r}; valid merges: {', '.join(MERGES)}")
+        if causal and merge != "add":
+            raise ValueError(f"mamba: causal=True has one direction, so merge must be 'add', got {merge!r}")
+        self.causal = causal
         self.norm = nn.RMSNorm(d_model, eps=norm_eps) if prenorm_residual else None
         self.forward_block = MambaBlock(d_model, **block_kwargs)
-        self.backward_block = MambaBlock(d_model, **block_kwargs)
+        self.backward_block = None if causal else MambaBlock(d_model, **block_kwargs)
         self.merge_proj = nn.Linear(2 * d_model, d_model) if merge == "concat" else None
 
     def forward(
@@ -204,21 +214,27 @@ class BidirectionalMamba(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
-        ``key``, ``value``, ``attn_mask`` and ``pos_embs`` are ignored (self-mixing only).
+        ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
+        None, or causal when built with ``causal=True``.
         """
         key_padding_mask = check_padding_mask(key_padding_mask, query)
+        if self.causal:
+            attention_mask_kind("mamba (causal=True)", attn_mask, query.shape[1], supported=("causal",))
+        else:
+            attention_mask_kind("mamba (bidirectional; causal=True for a causal mask)", attn_mask, query.shape[1])
         x = query
         if key_padding_mask is not None:
             x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         inner = x if self.norm is None else self.norm(x)
-        forward_out = self.forward_block(inner)
-        backward_out = reverse_valid_frames(
-            self.backward_block(reverse_valid_frames(inner, key_padding_mask)), key_padding_mask
-        )
-        if self.merge_proj is None:
-            out = forward_out + backward_out
-        else:
-            out = self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
+        out = self.forward_block(inner)
+        if self.backward_block is not None:
+            backward_out = reverse_valid_frames(
+                self.backward_block(reverse_valid_frames(inner, key_padding_mask)), key_padding_mask
+            )
+            if self.merge_proj is None:
+                out = out + backward_out
+            else:
+                out = self.merge_proj(torch.cat([out, backward_out], dim=-1))
         if self.norm is not None:
             out = out + x
         if key_padding_mask is not None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.attention import RoPEMHA, _rope_rotate
 
-from speechbrain_ext.mixers._common import check_heads, check_padding_mask
+from speechbrain_ext.mixers._common import attention_mask_kind, check_heads, check_padding_mask
 
 
 class FlashMHSA(RoPEMHA):
@@ -66,8 +66,7 @@ class FlashMHSA(RoPEMHA):
         pos_embs: Optional[torch.Tensor] = None,
         return_attn_weights: bool = True,
     ) -> tuple[torch.Tensor, None]:
-        if attn_mask is not None:
-            raise ValueError("mhsa_flash is a full-context self-attention; attn_mask is not supported")
+        attention_mask_kind("mhsa_flash", attn_mask, query.shape[1])
         padding = check_padding_mask(key_padding_mask, query)
         batch, length, _ = query.shape
         # Self-attention over ``query``, like every mixer: (B, T, H, 3 * head_dim) -> q, k, v.

@@ -21,7 +21,14 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import check_heads, check_padding_mask, resolve_activation, valid_frames
+from speechbrain_ext.mixers._common import (
+    attention_mask_kind,
+    causal_mean,
+    check_heads,
+    check_padding_mask,
+    resolve_activation,
+    valid_frames,
+)
 
 MODES = ("full", "lite")
 COMBINES = ("add", "concat")
@@ -103,6 +110,10 @@ class SummaryMixing(nn.Module):
         Every layer of f and s block-diagonal in ``nhead`` groups.
     norm : bool
         LayerNorm on f's output and on the averaged summary.
+    causal : bool
+        Frame t reads the running mean of s over the valid frames 0..t instead of the whole
+        utterance (streaming). A SpeechBrain causal ``attn_mask`` (``get_lookahead_mask``) turns
+        this on for one call; any other mask raises.
 
     Example
     -------
@@ -113,6 +124,8 @@ class SummaryMixing(nn.Module):
     >>> paper = SummaryMixing(64, nhead=4, local_out=32, summary_out=64, combine="concat",
     ...     local_hidden=32, summary_hidden=32, block_diagonal=True, norm=True, activation="swish")
     >>> paper(x, x, x)[0].shape
+    torch.Size([2, 50, 64])
+    >>> SummaryMixing(64, nhead=1, causal=True)(x, x, x)[0].shape
     torch.Size([2, 50, 64])
     """
 
@@ -131,6 +144,7 @@ class SummaryMixing(nn.Module):
         summary_hidden: Optional[int] = None,
         block_diagonal: bool = False,
         norm: bool = False,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -146,6 +160,7 @@ class SummaryMixing(nn.Module):
         groups = nhead if block_diagonal else 1
         self.mode = mode
         self.combine = combine
+        self.causal = causal
         self.summary = _mlp(d_model, summary_hidden, summary_out, groups, activation)
         self.summary_norm = nn.LayerNorm(summary_out) if norm else None
         if mode == "full":
@@ -167,10 +182,13 @@ class SummaryMixing(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
-        ``key``, ``value``, ``attn_mask`` and ``pos_embs`` are ignored (self-mixing only).
+        ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
+        None or causal (see ``causal``).
         """
         key_padding_mask = check_padding_mask(key_padding_mask, query)
-        summary = self._summarize(query, key_padding_mask)  # (B, 1, S)
+        mask_kind = attention_mask_kind("summarymixing", attn_mask, query.shape[1], supported=("causal",))
+        causal = self.causal or mask_kind == "causal"
+        summary = self._summarize(query, key_padding_mask, causal)  # (B, 1 or T, S)
         if self.summary_norm is not None:
             summary = self.summary_norm(summary)
         if self.mode == "lite":
@@ -182,10 +200,13 @@ class SummaryMixing(nn.Module):
             return self.combiner(local + summary), None
         return self.combiner(torch.cat([local, summary.expand(-1, query.shape[1], -1)], dim=-1)), None
 
-    def _summarize(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Mean of s(x_t) over the valid frames: (B, T, E) -> (B, 1, S)."""
+    def _summarize(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
+        """Mean of s(x_t) over the valid frames: (B, T, E) -> (B, 1, S), or its running
+        mean over frames 0..t when ``causal``: (B, T, S)."""
         per_frame = self.summary(x)
         valid = valid_frames(key_padding_mask, per_frame)
+        if causal:
+            return causal_mean(per_frame, valid)
         if valid is None:
             return per_frame.mean(dim=1, keepdim=True)
         count = valid.sum(dim=1, keepdim=True).clamp(min=1.0)
