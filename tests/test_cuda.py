@@ -71,14 +71,14 @@ def test_every_mixer_trains_under_bf16_autocast_on_cuda(name):
     x = torch.randn(2, 400, 64, device="cuda")
     mask = torch.zeros(2, 400, dtype=torch.bool, device="cuda")
     mask[1, 250:] = True
-    reference, _ = encoder.eval()(x, mask)
+    reference, _ = encoder.eval()(x, src_key_padding_mask=mask)
     encoder.train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out, _ = encoder(x, mask)
+        out, _ = encoder(x, src_key_padding_mask=mask)
     out.float()[~mask].pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in encoder.parameters() if p.requires_grad)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        low, _ = encoder.eval()(x, mask)
+        low, _ = encoder.eval()(x, src_key_padding_mask=mask)
     assert (low.float() - reference)[~mask].abs().mean() < 0.05
 
 

@@ -32,13 +32,14 @@ def padding_mask(lengths, max_len):
 def test_hidden_states_are_input_plus_every_block(name):
     encoder = small_encoder(name, num_layers=12, output_hidden_states=True)
     x = torch.randn(2, 25, 32)
-    out, hidden = encoder(x)
+    out, attentions, hidden = encoder(x)
     assert out.shape == x.shape
+    assert attentions == [None] * 12
     assert len(hidden) == 13
     assert hidden[0] is x
     assert all(h.shape == x.shape for h in hidden)
     torch.testing.assert_close(out, encoder.norm(hidden[-1]))
-    assert small_encoder(name)(x)[1] is None
+    assert len(small_encoder(name)(x)) == 2  # (out, attentions), as SpeechBrain's ConformerEncoder
 
 
 @pytest.mark.parametrize("name", ALL_MIXERS)
@@ -50,7 +51,7 @@ def test_encoder_padding_invariance(name):
     for row, utt in enumerate(utterances):
         batch[row, : utt.shape[1]] = utt[0]
     with torch.no_grad():
-        batched, _ = encoder(batch, padding_mask(lengths, max_len))
+        batched, _ = encoder(batch, src_key_padding_mask=padding_mask(lengths, max_len))
         for row, utt in enumerate(utterances):
             torch.testing.assert_close(batched[row, : utt.shape[1]], encoder(utt)[0][0], atol=5e-5, rtol=1e-4)
 
@@ -81,9 +82,9 @@ def test_positions_are_built_for_any_length(name):
 def test_layerdrop_skips_blocks_only_in_training():
     encoder = small_encoder("fastformer", num_layers=4, layerdrop_prob=0.99, output_hidden_states=True)
     x = torch.randn(1, 8, 32)
-    _, hidden = encoder.train()(x)
+    _, _, hidden = encoder.train()(x)
     assert sum(torch.equal(a, b) for a, b in zip(hidden, hidden[1:])) >= 2
-    _, hidden = encoder.eval()(x)
+    _, _, hidden = encoder.eval()(x)
     assert not any(torch.equal(a, b) for a, b in zip(hidden, hidden[1:]))
     with pytest.raises(ValueError, match="layerdrop_prob"):
         MixerConformerEncoder(1, 32, 64, 4, layerdrop_prob=1.0)
@@ -102,7 +103,7 @@ def test_encoder_refuses_bad_configurations():
     with pytest.raises(ValueError, match="d_model=30 is not divisible by nhead=4"):
         MixerConformerEncoder(2, 30, 64, 4, mixer="mhsa")
     with pytest.raises(ValueError, match=r"\(batch, time\) = \(2, 5\)"):
-        small_encoder("mamba")(torch.randn(2, 5, 32), torch.zeros(5, 2, dtype=torch.bool))
+        small_encoder("mamba")(torch.randn(2, 5, 32), src_key_padding_mask=torch.zeros(5, 2, dtype=torch.bool))
 
 
 def recipe_settings(size, name):

@@ -78,8 +78,8 @@ def test_nothing_in_padding_reaches_valid_frames(name, fill):
     x = torch.randn(2, 20, 32)
     mask = torch.zeros(2, 20, dtype=torch.bool)
     mask[1, 12:] = True
-    clean, _ = encoder(x.masked_fill(mask.unsqueeze(-1), 0.0), mask)
-    dirty, _ = encoder(x.masked_fill(mask.unsqueeze(-1), fill), mask)
+    clean, _ = encoder(x.masked_fill(mask.unsqueeze(-1), 0.0), src_key_padding_mask=mask)
+    dirty, _ = encoder(x.masked_fill(mask.unsqueeze(-1), fill), src_key_padding_mask=mask)
     assert torch.isfinite(dirty[~mask]).all()
     torch.testing.assert_close(dirty[~mask], clean[~mask])
 
@@ -92,8 +92,8 @@ def test_every_mixer_encoder_runs_after_a_cast(name, dtype):
     x = torch.randn(2, 20, 32)
     mask = torch.zeros(2, 20, dtype=torch.bool)
     mask[1, 12:] = True
-    reference, _ = encoder(x, mask)
-    out, _ = encoder.to(dtype)(x.to(dtype), mask)
+    reference, _ = encoder(x, src_key_padding_mask=mask)
+    out, _ = encoder.to(dtype)(x.to(dtype), src_key_padding_mask=mask)
     assert out.dtype == dtype and torch.isfinite(out).all()
     # Outputs are layer-normed (unit scale): half precision stays within a few hundredths.
     assert (out.float() - reference)[~mask].abs().mean() < 0.05

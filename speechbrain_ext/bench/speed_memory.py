@@ -59,7 +59,7 @@ LAYERS = {size: table.layers for size, table in SIZES.items()}
 class StockConformer(nn.Module):
     """SpeechBrain's ConformerEncoder with the positions its TransformerASR gives each attention type.
 
-    Called like our MixerConformerEncoder: ``(x, padding_mask) -> (out, None)``.
+    Called like our MixerConformerEncoder: ``(x, src_key_padding_mask=padding) -> (out, attentions)``.
     """
 
     def __init__(self, attention_type: str, num_layers: int, d_model: int, d_ffn: int, nhead: int) -> None:
@@ -70,12 +70,14 @@ class StockConformer(nn.Module):
         self.relative = RelPosEncXL(d_model) if attention_type == "RelPosMHAXL" else None
         self.absolute = PositionalEncoding(d_model, max_len=2500) if attention_type == "regularMHA" else None
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, output_hidden_states: bool = False):
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor, output_hidden_states: bool = False):
         pos_embs = self.relative(x) if self.relative is not None else None
         if self.absolute is not None:
             x = x + self.absolute(x)
-        out, _ = self.encoder(x, src_key_padding_mask=padding_mask, pos_embs=pos_embs)
-        return out, None
+        out, attentions = self.encoder(x, src_key_padding_mask=src_key_padding_mask, pos_embs=pos_embs)
+        if output_hidden_states:
+            raise ValueError("the stock Conformer of the bench returns no hidden states")
+        return out, attentions
 
 
 @dataclass
@@ -125,7 +127,8 @@ def build_model(point: Point) -> nn.Module:
 
 def _step(model: nn.ModuleDict, inputs: tuple[torch.Tensor, torch.Tensor], targets, train: bool) -> None:
     if "head" not in model:  # the Conformer alone, on encoder frames
-        out, _ = model["speech_encoder"].encoder(*inputs)
+        features, padding = inputs
+        out = model["speech_encoder"].encoder(features, src_key_padding_mask=padding)[0]
         loss = out.float().pow(2).mean()
     else:
         logits = model["head"](model["speech_encoder"].encode(*inputs).out)

@@ -237,7 +237,8 @@ class SpeechEncoder(nn.Module):
         x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
-        out, hidden = self.encoder(x, padding_mask, output_hidden_states=output_hidden_states)
+        outputs = self.encoder(x, src_key_padding_mask=padding_mask, output_hidden_states=output_hidden_states)
+        out, hidden = outputs[0], (outputs[2] if output_hidden_states else None)
         return EncoderOutput(out, hidden, padding_mask)
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False) -> EncoderOutput:

@@ -6,6 +6,7 @@ mixes the frames of ``query`` (B, T, E), returns ``(out, None)`` and declares th
 signal it reads in ``pos_embs_kind`` ("relative", "absolute" or None).
 """
 
+import inspect
 from typing import Union
 
 from torch import nn
@@ -39,6 +40,34 @@ def resolve_mixer(mixer: Union[str, type]) -> type:
         ) from None
 
 
+def causal_mixer_kwargs(mixer: Union[str, type]) -> dict:
+    """The keyword arguments that make a mixer causal, or a ValueError naming the mixers that can be.
+
+    A mixer with a ``causal`` option gets ``{"causal": True}``; one that honours SpeechBrain's causal
+    ``attn_mask`` by itself (``honours_attn_mask``, e.g. ``mhsa``) needs nothing; the others have no
+    causal form.
+
+    Example
+    -------
+    >>> causal_mixer_kwargs("fastformer")
+    {'causal': True}
+    >>> causal_mixer_kwargs("hypermixing")
+    Traceback (most recent call last):
+    ...
+    ValueError: HyperMixing has no causal form; causal mixers: fastformer, mamba, mhsa, summarymixing
+    """
+    cls = resolve_mixer(mixer)
+    if "causal" in inspect.signature(cls.__init__).parameters:
+        return {"causal": True}
+    if getattr(cls, "honours_attn_mask", False):
+        return {}
+    capable = sorted(
+        name for name, other in MIXERS.items()
+        if "causal" in inspect.signature(other.__init__).parameters or getattr(other, "honours_attn_mask", False)
+    )
+    raise ValueError(f"{cls.__name__} has no causal form; causal mixers: {', '.join(capable)}")
+
+
 def build_mixer(mixer: Union[str, type], d_model: int, nhead: int, **kwargs) -> nn.Module:
     """Builds a mixer by registered name (or class) for width ``d_model`` and ``nhead`` heads.
 
@@ -63,5 +92,6 @@ __all__ = [
     "RelPosMHSA",
     "SummaryMixing",
     "build_mixer",
+    "causal_mixer_kwargs",
     "resolve_mixer",
 ]

@@ -37,6 +37,7 @@ class RelPosMHSA(RelPosMHAXL):
     """
 
     pos_embs_kind = "relative"
+    honours_attn_mask = True  # SpeechBrain's RelPosMHAXL applies any attn_mask, causal ones included
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
         check_heads("mhsa", d_model, nhead)
