@@ -34,7 +34,7 @@ def check_encoder_trains(mixer: str, d_model: int, nhead: int) -> float:
     encoder = MixerConformerEncoder(2, d_model, 4 * d_model, nhead, mixer=mixer)
     x = torch.randn(3, 120, d_model)
     padding = torch.arange(120).unsqueeze(0) >= torch.tensor([[120], [90], [33]])
-    out, _ = encoder(x, padding)
+    out, _ = encoder(x, src_key_padding_mask=padding)
     loss = out[~padding].pow(2).mean()
     loss.backward()
     missing = [name for name, p in encoder.named_parameters() if p.grad is None or not p.grad.isfinite().all()]

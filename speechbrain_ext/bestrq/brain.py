@@ -80,6 +80,8 @@ class BestRQBrain(ResilientBrain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": stage_loss, "masked_accuracy": self.masked_accuracy()}
+        if stage == sb.Stage.VALID:
+            self.valid_masked_accuracy = stats["masked_accuracy"]  # the model card's final accuracy
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
@@ -159,8 +161,10 @@ def dynamic_batching(dataset, seconds_per_batch: float, num_buckets: int, num_wo
     return {"batch_sampler": sampler, "num_workers": num_workers}
 
 
-def export_encoder(model, folder: str | Path) -> None:
-    """Writes the pretrained ``SpeechEncoder`` of a BestRQ model for downstream recipes."""
+def export_encoder(model, folder: str | Path, **card) -> None:
+    """Writes the pretrained ``SpeechEncoder`` of a BestRQ model for downstream recipes and for
+    ``speechbrain_ext.inference.MixerEncoder.from_hparams``; ``card`` goes into its model card
+    (``optimizer_steps``, ``hours``, ``epochs``, ``masked_accuracy``, ``command``)."""
     if if_main_process():  # a plain file write: no collective inside
-        model.speech_encoder.save_pretrained(folder)
+        model.speech_encoder.save_pretrained(folder, card=card)
         logger.info("encoder exported to %s", folder)

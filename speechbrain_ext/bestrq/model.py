@@ -246,14 +246,21 @@ class SpeechEncoder(nn.Module):
         feats, lengths = self.features(wavs, wav_lens)
         return self.encode(feats, lengths, output_hidden_states)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Writes the weights and the settings that rebuild this encoder into ``folder``."""
+    def save_pretrained(self, folder: str | Path, card: dict | None = None) -> Path:
+        """Writes the weights and the settings that rebuild this encoder into ``folder``, with a
+        ``hyperparams.yaml`` (SpeechBrain's ``from_hparams``: :class:`speechbrain_ext.inference.MixerEncoder`)
+        and a model card ``README.md``; ``card`` adds what the encoder cannot know about itself
+        (``optimizer_steps``, ``hours``, ``epochs``, ``masked_accuracy``, ``command``, any other key)."""
+        from speechbrain_ext.pretrained_folder import write_hyperparams, write_model_card
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / WEIGHTS_FILE
         torch.save(self.state_dict(), weights.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)  # never a half-written file under the real name
         (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
+        write_hyperparams(folder, self.config, WEIGHTS_FILE)
+        write_model_card(folder, self.config, sum(p.numel() for p in self.parameters()), card)
         return folder
 
     @staticmethod

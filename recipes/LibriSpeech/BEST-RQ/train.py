@@ -62,7 +62,14 @@ def main(argv):
         ),
         valid_loader_kwargs={"batch_size": hparams["valid_batch_size"], "num_workers": hparams["num_workers"]},
     )
-    export_encoder(hparams["model"], hparams["encoder_folder"])
+    card = {
+        "optimizer_steps": brain.optimizer_step,
+        "hours": sum(row["duration"] for row in train_data.data.values()) / 3600,
+        "epochs": hparams["epoch_counter"].current,
+        "masked_accuracy": getattr(brain, "valid_masked_accuracy", None),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    export_encoder(hparams["model"], hparams["encoder_folder"], **card)
 
 
 if __name__ == "__main__":

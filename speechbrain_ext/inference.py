@@ -1,0 +1,130 @@
+"""Exported encoders as SpeechBrain pretrained models.
+
+An encoder folder written by BEST-RQ pretraining (``<output_folder>/encoder``, or
+``SpeechEncoder.save_pretrained``) holds ``hyperparams.yaml``, so SpeechBrain's
+``from_hparams`` loads it, offline, from the folder alone::
+
+    from speechbrain_ext.inference import MixerEncoder
+    encoder = MixerEncoder.from_hparams(source="runs/summarymixing/encoder")
+    features = encoder.encode_file("speech.flac")                 # (1, T, E): the last layer
+    layer6 = encoder.encode_file("speech.flac", output=6)         # one hidden state
+    every = encoder.encode_batch(wavs, wav_lens, output="all")    # (L, B, T, E)
+    mixed = encoder.encode_batch(wavs, wav_lens, output="weighted", layer_weights=w)
+
+Files of any sampling rate and channel count are read with soundfile (SpeechBrain's
+``audio_io``), averaged to mono and resampled to the encoder's rate.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.fetching import LocalStrategy
+
+from speechbrain_ext.bestrq.model import SpeechEncoder
+from speechbrain_ext.data.audio import read_audio_resampled
+
+OUTPUTS = ("last", "all", "weighted")
+
+
+def build_encoder(config: dict) -> SpeechEncoder:
+    """The encoder of an exported folder, from its settings (``hyperparams.yaml`` calls this)."""
+    return SpeechEncoder(**config)
+
+
+def load_encoder_weights(encoder: SpeechEncoder, path: Union[str, Path]) -> None:
+    """Pretrainer hook: loads the weights strictly, with ``weights_only=True`` (no pickled code runs),
+    and freezes the global normalisation statistics at their pretraining values."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    encoder.load_state_dict(state, strict=True)
+    encoder.set_epoch(math.inf)
+
+
+class MixerEncoder(Pretrained):
+    """A pretrained speechbrain_ext encoder: waveforms or audio files to frame vectors (40 ms frames).
+
+    Load with ``MixerEncoder.from_hparams(source=<exported folder>)``; a local folder is read in
+    place (no copy, no link, nothing downloaded) unless ``savedir`` is given.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = SpeechEncoder("fastformer", num_layers=2, d_model=32, d_ffn=64, nhead=4).save_pretrained(
+    ...     tempfile.mkdtemp())
+    >>> encoder = MixerEncoder.from_hparams(source=str(folder))
+    >>> wavs = torch.randn(2, 16000)
+    >>> encoder.encode_batch(wavs, torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 26, 32])
+    >>> encoder.encode_batch(wavs, output="all").shape, encoder.num_layers
+    (torch.Size([3, 2, 26, 32]), 3)
+    """
+
+    MODULES_NEEDED = ["encoder"]
+    HPARAMS_NEEDED = ["sample_rate"]
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
+        if savedir is None and Path(str(source)).is_dir():
+            kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
+            savedir = source
+        return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
+
+    @property
+    def num_layers(self) -> int:
+        """Hidden states available: the encoder input and every block output."""
+        return self.mods.encoder.config["num_layers"] + 1
+
+    def encode_batch(
+        self,
+        wavs: torch.Tensor,
+        wav_lens: Optional[torch.Tensor] = None,
+        output: Union[str, int] = "last",
+        layer_weights: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Encodes waveforms (B, S) at ``sample_rate`` with relative lengths (B,) (all 1 when None).
+
+        Arguments
+        ---------
+        output : str or int
+            ``"last"``: the encoder output after its final norm, (B, T, E); an int ``i``: hidden state
+            i (0 = the encoder input, ``num_layers - 1`` = the last block before the final norm),
+            (B, T, E); ``"all"``: every hidden state, (L, B, T, E); ``"weighted"``: the sum of the
+            hidden states weighted by ``softmax(layer_weights)`` (L,), as MP3S's learned layer sum.
+
+        Frames past an utterance's length are padding.
+        """
+        if output not in OUTPUTS and not (isinstance(output, int) and not isinstance(output, bool)):
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)} or a layer index, got {output!r}")
+        if isinstance(output, int) and not 0 <= output < self.num_layers:
+            raise ValueError(f"layer {output} does not exist: this encoder has hidden states 0..{self.num_layers - 1}")
+        if output == "weighted" and (layer_weights is None or layer_weights.shape != (self.num_layers,)):
+            raise ValueError(f"output='weighted' needs layer_weights of shape ({self.num_layers},)")
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        wavs, wav_lens = wavs.to(self.device).float(), wav_lens.to(self.device)
+        with torch.no_grad():
+            encoded = self.mods.encoder(wavs, wav_lens, output_hidden_states=output != "last")
+        if output == "last":
+            return encoded.out
+        hidden = torch.stack(encoded.hidden)
+        if output == "all":
+            return hidden
+        if output == "weighted":
+            weights = layer_weights.to(hidden).softmax(dim=0)
+            return (hidden * weights.view(-1, 1, 1, 1)).sum(dim=0)
+        return hidden[output]
+
+    def encode_file(self, path: Union[str, Path], **kwargs) -> torch.Tensor:
+        """Encodes one audio file of any rate and channel count (averaged to mono, resampled);
+        ``kwargs`` as :meth:`encode_batch`. Returns a batch of one."""
+        signal = read_audio_resampled(str(path), int(self.hparams.sample_rate))
+        return self.encode_batch(signal.unsqueeze(0), torch.ones(1), **kwargs)
+
+    def forward(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.encode_batch(wavs, wav_lens)
