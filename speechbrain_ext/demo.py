@@ -18,8 +18,9 @@ from pathlib import Path
 
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.paths import pyplot, recipes_dir
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ"
+RECIPE = recipes_dir("LibriSpeech", "BEST-RQ")
 # A model a CPU trains in minutes; everything else is the recipe's base YAML.
 DEMO_SETTINGS = {
     "--d_model": "96", "--num_encoder_layers": "3", "--d_ffn": "256", "--nhead": "4", "--cb_vocab": "512",
@@ -56,12 +57,11 @@ def text_curve(steps: list[tuple[int, float, float]], width: int = 60) -> str:
     return "\n".join(rows)
 
 
-def plot_curve(steps, epochs, path: Path, title: str) -> Path:
-    """Loss and masked accuracy against optimizer steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curve(steps, epochs, path: Path, title: str) -> Path | None:
+    """Loss and masked accuracy against optimizer steps, as a PNG (None without matplotlib)."""
+    plt = pyplot("demo curve")
+    if plt is None:
+        return None
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_loss.plot([s for s, _, _ in steps], [loss for _, loss, _ in steps], lw=1, label="train (per step)")

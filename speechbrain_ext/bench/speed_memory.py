@@ -40,6 +40,7 @@ from torch import nn
 
 from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.paths import pyplot
 from speechbrain_ext.sizes import CODEBOOK_SIZE, SIZES, paper_encoder_settings, paper_mixer_kwargs
 
 FBANK_FRAMES_PER_SECOND = 100
@@ -293,10 +294,9 @@ def write_results(points: list[Point], output: Path, command: str) -> None:
 
 def plot_results(points: list[Point], path: Path) -> None:
     """Time and memory against input length, one line per mixer; failed points marked with an x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("benchmark plot")
+    if plt is None:
+        return
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for mixer in dict.fromkeys(p.mixer for p in points):

@@ -47,6 +47,12 @@ class BestRQBrain(ResilientBrain):
         super().on_fit_start()  # restores the latest checkpoint, if any
         self.tensorboard = None
         if getattr(self.hparams, "use_tensorboard", False):
+            try:
+                import torch.utils.tensorboard  # noqa: F401 - SpeechBrain's logger needs the tensorboard package
+            except ImportError as error:
+                raise ImportError(
+                    "use_tensorboard=True needs TensorBoard: pip install 'speechbrain_ext[tensorboard]'"
+                ) from error
             from speechbrain.utils.train_logger import TensorboardLogger
 
             self.tensorboard = TensorboardLogger(self.hparams.tensorboard_folder)  # writes on the main process

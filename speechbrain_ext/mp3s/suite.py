@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechbrain_ext.mp3s.tasks import LAYER_WEIGHTS_FILE, RESULTS_FILE, TASKS, encoder_digest
+from speechbrain_ext.paths import pyplot, recipes_dir
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes" / "MP3S"
+RECIPES_DIR = recipes_dir("MP3S")
 COLUMNS = ("task", "head", "test_set", "metric", "value", "epochs", "encoder", "mixer", "fold", "status", "error")
 IEMOCAP_FOLDS = tuple(range(1, 11))
 
@@ -170,10 +171,9 @@ def write_wide_tables(rows: list[dict], output: Path) -> tuple[Path, Path]:
 
 def plot_layer_weights(records: list[dict], folder: Path) -> list[Path]:
     """One small bar chart per (task, head, encoder): the weight of each layer (mean over folds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("layer-weight plots")
+    if plt is None:
+        return []
 
     folder.mkdir(parents=True, exist_ok=True)
     grouped: dict[tuple, list[list[float]]] = {}
@@ -202,12 +202,11 @@ def plot_layer_weights(records: list[dict], folder: Path) -> list[Path]:
     return paths
 
 
-def plot_comparison(rows: list[dict], path: Path) -> Path:
+def plot_comparison(rows: list[dict], path: Path) -> Path | None:
     """One panel per (task, head, test set, metric), each on its own scale, one bar per encoder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("comparison plot")
+    if plt is None:
+        return None
 
     rows = [r for r in rows if r.get("status", "ok") == "ok"]
     groups = sorted({(r["task"], r["head"], r["test_set"], r["metric"]) for r in rows})
