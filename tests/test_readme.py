@@ -1,0 +1,49 @@
+"""The README's snippets of "In another SpeechBrain project" run as written."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_ext.bestrq.model import SpeechEncoder
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def section_blocks(language):
+    text = README.read_text()
+    section = text.split("## In another SpeechBrain project", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def test_the_section_shows_three_routes_and_the_inference_class():
+    code = "\n".join(section_blocks("python"))
+    for name in ("build_mixer", "MixerConformerEncoder", "replace_encoder", "replace_attention", "MixerEncoder"):
+        assert name in code
+    assert len(section_blocks("python")) == 4 and len(section_blocks("yaml")) == 1
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_python_snippets_run(index):
+    exec(compile(section_blocks("python")[index], f"README snippet {index}", "exec"), {})
+
+
+def test_inference_snippet_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "summarymixing" / "encoder"
+    SpeechEncoder("summarymixing", num_layers=8, d_model=32, d_ffn=64, nhead=4).save_pretrained(folder)
+    sf.write(tmp_path / "speech.flac", (0.1 * np.random.default_rng(0).standard_normal(24000)).astype("float32"),
+             48000)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(section_blocks("python")[3], "README inference snippet", "exec"), namespace)
+    assert namespace["layer6"].shape == namespace["last"].shape == (1, 13, 32)
+    assert namespace["every"].shape == (9, 2, 51, 32)
+
+
+def test_yaml_snippet_builds():
+    hparams = load_hyperpyyaml(section_blocks("yaml")[0])
+    layers = hparams["asr"].encoder.layers
+    assert len(layers) == 2 and type(layers[0].mha_layer).__name__ == "SummaryMixing"
