@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_ext.bestrq.model import SpeechEncoder
+from speechbrain_ext.models import SpeechEncoder
 
 
 class FrozenEncoder(nn.Module):

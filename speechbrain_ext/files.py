@@ -10,11 +10,13 @@ from typing import IO
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[str]]:
-    """Opens a temporary file beside `path` and renames it to `path` on success."""
+def atomic_writer(path: Path, binary: bool = False) -> Iterator[IO]:
+    """Opens a temporary file beside `path` (text, or bytes with ``binary``) and renames it to `path`
+    on success: the one way files are written here (manifests, caches, encoder weights, settings)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

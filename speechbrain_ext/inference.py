@@ -25,8 +25,8 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.fetching import LocalStrategy
 
-from speechbrain_ext.bestrq.model import SpeechEncoder
 from speechbrain_ext.data.audio import read_audio_resampled
+from speechbrain_ext.models import SpeechEncoder
 
 OUTPUTS = ("last", "all", "weighted")
 

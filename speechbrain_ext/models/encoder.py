@@ -1,0 +1,342 @@
+"""Conformer encoder whose self-attention is any sequence mixer of ``speechbrain_ext.mixers``.
+
+The blocks are SpeechBrain's pre-norm Conformer blocks (Gulati et al. 2020,
+https://arxiv.org/abs/2005.08100), built from SpeechBrain's feed-forward, convolution module
+and layer norm, with the same parameter names as ``ConformerEncoderLayer``:
+half FFN -> norm -> mixer -> convolution module -> half FFN -> norm.
+
+Options that reproduce the BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
+``lobes/models/transformer/Conformer.py`` and ``TransformerASR.py``): ``mixer_output_dropout=False``
+(its ``ConformerEncoderLayer`` adds the attention output to the residual without dropout),
+``input_positions="absolute"`` for the mixers its ``TransformerASR.encode`` adds a sinusoid to
+(every attention type but RelPosMHAXL and hypermixing), ``final_norm_eps=1e-6`` and the
+Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's ``activation``).
+"""
+
+from typing import Optional, Union
+
+import torch
+from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
+from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+from speechbrain.nnet.normalization import LayerNorm
+from torch import nn
+
+from speechbrain_ext.mixers import build_mixer, causal_mixer_kwargs
+from speechbrain_ext.mixers._common import (
+    absolute_sinusoids,
+    check_padding_mask,
+    check_sizes,
+    relative_sinusoids,
+    resolve_activation,
+)
+
+POSITION_BUILDERS = {"relative": relative_sinusoids, "absolute": absolute_sinusoids}
+
+
+def positional_embeddings(kind: Optional[str], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The positional signal a mixer declares (``pos_embs_kind``) for x (B, T, E), any T."""
+    if kind is None:
+        return None
+    if kind not in POSITION_BUILDERS:
+        raise ValueError(f"unknown pos_embs_kind {kind!r}; valid: {', '.join(POSITION_BUILDERS)} or None")
+    return POSITION_BUILDERS[kind](x.shape[1], x.shape[2], x.device, x.dtype)
+
+
+def masked_convolution(
+    module: ConvolutionModule, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """SpeechBrain's Conformer convolution module with padding zeroed before the depthwise conv.
+
+    ``ConvolutionModule.forward`` masks only its output, so the last valid frames would read
+    the (non-zero) bottleneck output of padded frames through the kernel: an utterance would
+    encode differently alone and beside a longer one.
+    """
+    out = module.bottleneck(module.layer_norm(x).transpose(1, 2))  # (B, E, T)
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask.unsqueeze(1), 0.0)
+    out = module.conv(out)
+    if module.causal:
+        out = out[..., : -module.padding]
+    out = module.after_conv(out.transpose(1, 2))
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+    return out
+
+
+def check_encoder_options(
+    num_layers: int, d_model: int, d_ffn: int, nhead: int, kernel_size: int, dropout: float, layerdrop_prob: float
+) -> None:
+    """One clear ValueError for the first bad size or rate of a Conformer encoder, before anything is built."""
+    check_sizes("MixerConformerEncoder", num_layers=num_layers, d_model=d_model, d_ffn=d_ffn, nhead=nhead,
+                kernel_size=kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"MixerConformerEncoder: kernel_size must be odd (the convolution keeps the length "
+                         f"with 'same' padding), got {kernel_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"MixerConformerEncoder: dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= layerdrop_prob < 1.0:
+        raise ValueError(f"MixerConformerEncoder: layerdrop_prob must be in [0, 1), got {layerdrop_prob}")
+
+
+class MixerConformerLayer(nn.Module):
+    """One Conformer block with ``mixer`` in place of self-attention.
+
+    Arguments
+    ---------
+    d_model : int
+        Width E.
+    d_ffn : int
+        Hidden width of the two feed-forward modules.
+    mixer : nn.Module
+        Any module with the mixer interface (see ``speechbrain_ext.mixers``).
+    kernel_size : int
+        Kernel of the depthwise convolution.
+    dropout : float
+        Dropout in the feed-forward and convolution modules (and on the mixer output).
+    activation : str or type
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
+    mixer_output_dropout : bool
+        Dropout on the mixer output before the residual sum (the paper's code has none).
+    causal : bool
+        Causal depthwise convolution (SpeechBrain's ``ConvolutionModule(causal=True)``); the mixer
+        must be causal too (the encoder builds it so).
+
+    Example
+    -------
+    >>> from speechbrain_ext.mixers import Fastformer
+    >>> layer = MixerConformerLayer(64, 128, Fastformer(64, 4), kernel_size=3)
+    >>> layer(torch.rand(2, 10, 64)).shape
+    torch.Size([2, 10, 64])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        mixer: nn.Module,
+        kernel_size: int = 31,
+        dropout: float = 0.1,
+        activation: Union[str, type] = nn.GELU,
+        mixer_output_dropout: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        activation = resolve_activation(activation)
+        self.ffn_module1 = self._half_ffn(d_model, d_ffn, dropout, activation)
+        self.norm1 = LayerNorm(d_model)
+        self.mha_layer = mixer
+        self.drop = nn.Dropout(dropout) if mixer_output_dropout else nn.Identity()
+        self.convolution_module = ConvolutionModule(d_model, kernel_size, True, activation, dropout, causal=causal)
+        self.ffn_module2 = self._half_ffn(d_model, d_ffn, dropout, activation)
+        self.norm2 = LayerNorm(d_model)
+
+    @staticmethod
+    def _half_ffn(d_model: int, d_ffn: int, dropout: float, activation: type) -> nn.Sequential:
+        return nn.Sequential(
+            nn.LayerNorm(d_model),
+            PositionalwiseFeedForward(d_ffn=d_ffn, input_size=d_model, dropout=dropout, activation=activation),
+            nn.Dropout(dropout),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """(B, T, E) -> (B, T, E); ``key_padding_mask`` (B, T) is True at padded frames;
+        ``attn_mask`` (T, T) is passed to the mixer (which honours it or raises).
+
+        Padded frames are zeroed first: whatever they hold (inf, NaN, 1e30) then never reaches a valid frame
+        (a zero attention weight times an infinite value is NaN).
+        """
+        if key_padding_mask is not None:
+            x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        x = x + 0.5 * self.ffn_module1(x)
+        normed = self.norm1(x)
+        mixed, _ = self.mha_layer(
+            normed, normed, normed, attn_mask=attn_mask, key_padding_mask=key_padding_mask, pos_embs=pos_embs
+        )
+        x = x + self.drop(mixed)
+        x = x + masked_convolution(self.convolution_module, x, key_padding_mask)
+        return self.norm2(x + 0.5 * self.ffn_module2(x))
+
+
+class MixerConformerEncoder(nn.Module):
+    """Stack of Conformer blocks around a pluggable sequence mixer.
+
+    Arguments
+    ---------
+    num_layers : int
+        Number of blocks (12 for the paper's base model, 24 for large).
+    d_model : int
+        Width E.
+    d_ffn : int
+        Hidden width of the feed-forward modules.
+    nhead : int
+        Heads of the mixer (ignored by mixers without heads).
+    mixer : str or type
+        A name registered in ``speechbrain_ext.mixers.MIXERS`` or a mixer class.
+    kernel_size : int
+        Kernel of the depthwise convolutions.
+    dropout : float
+        Dropout inside the blocks.
+    activation : str or type
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
+    layerdrop_prob : float
+        Probability of skipping each block while training (LayerDrop, Fan et al. 2019). Under
+        DDP, skipped blocks leave parameters unused: set ``find_unused_parameters``.
+    output_hidden_states : bool
+        Also return the block input and every block output (as SpeechBrain's ``ConformerEncoder``).
+    mixer_kwargs : dict, optional
+        Extra keyword arguments of the mixer (e.g. ``{"hypernet_size": 2048}``).
+    mixer_output_dropout : bool
+        Dropout on each mixer's output before the residual sum.
+    input_positions : str, optional
+        ``"absolute"`` adds a sinusoidal position encoding (any length) to the encoder input.
+    final_norm_eps : float
+        Epsilon of the final layer norm (SpeechBrain's ``ConformerEncoder``: 1e-6).
+    causal : bool
+        Streaming encoder: causal mixers (``causal=True`` for those that have the option, a causal
+        ``attn_mask`` for ``mhsa``) and causal convolutions, as SpeechBrain's ``causal=True``.
+        A mixer with no causal form raises here.
+
+    Called like SpeechBrain's ``ConformerEncoder`` (so it can be ``TransformerASR.encoder``):
+    ``forward(src, src_mask=None, src_key_padding_mask=None, pos_embs=None, dynchunktrain_config=None)``
+    returns ``(out, attentions)``, or ``(out, attentions, hidden)`` with ``output_hidden_states``;
+    ``attentions`` holds one None per block run (the mixers return no weights).
+
+    Example
+    -------
+    >>> enc = MixerConformerEncoder(2, 64, 128, 4, mixer="summarymixing", output_hidden_states=True,
+    ...     mixer_kwargs={"local_out": 32, "summary_out": 32})
+    >>> out, attentions, hidden = enc(torch.rand(3, 20, 64))
+    >>> out.shape, len(hidden)
+    (torch.Size([3, 20, 64]), 3)
+    >>> out, attentions = enc(torch.rand(3, 20, 64), output_hidden_states=False)
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        d_ffn: int,
+        nhead: int,
+        mixer: Union[str, type] = "mhsa",
+        kernel_size: int = 31,
+        dropout: float = 0.1,
+        activation: Union[str, type] = nn.GELU,
+        layerdrop_prob: float = 0.0,
+        output_hidden_states: bool = False,
+        mixer_kwargs: Optional[dict] = None,
+        mixer_output_dropout: bool = True,
+        input_positions: Optional[str] = None,
+        final_norm_eps: float = 1e-5,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
+        if input_positions not in (None, "absolute"):
+            raise ValueError(f"input_positions must be None or 'absolute', got {input_positions!r}")
+        mixer_kwargs = dict(mixer_kwargs or {})
+        if causal:
+            try:
+                mixer_kwargs.update(causal_mixer_kwargs(mixer))
+            except ValueError as error:
+                raise ValueError(f"MixerConformerEncoder(causal=True): {error}") from None
+        self.layers = nn.ModuleList(
+            MixerConformerLayer(
+                d_model,
+                d_ffn,
+                build_mixer(mixer, d_model, nhead, **mixer_kwargs),
+                kernel_size=kernel_size,
+                dropout=dropout,
+                activation=activation,
+                mixer_output_dropout=mixer_output_dropout,
+                causal=causal,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = LayerNorm(d_model, eps=final_norm_eps)
+        self.input_positions = input_positions
+        self.pos_embs_kind = getattr(self.layers[0].mha_layer, "pos_embs_kind", None)
+        self.layerdrop_prob = layerdrop_prob
+        self.output_hidden_states = output_hidden_states
+        self.causal = causal
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: Optional[torch.Tensor] = None,
+        src_key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
+        output_hidden_states: Optional[bool] = None,
+    ) -> tuple:
+        """Encodes ``src`` (B, T, E), with SpeechBrain's ``ConformerEncoder.forward`` arguments.
+
+        Arguments
+        ---------
+        src : torch.Tensor
+            (B, T, E).
+        src_mask : torch.Tensor, optional
+            (T, T) attention mask, passed to every mixer: None or causal (``get_lookahead_mask``)
+            for the causal mixers; any mask a mixer cannot honour raises. With ``causal=True``
+            a causal mask is made when none is given.
+        src_key_padding_mask : torch.Tensor, optional
+            (B, T), True at padded frames.
+        pos_embs : torch.Tensor, optional
+            Positions for the mixers (what ``TransformerASR`` computes for its attention type);
+            computed here for the mixer's ``pos_embs_kind`` when None. Must match that kind's shape.
+        dynchunktrain_config : optional
+            Dynamic chunk training is not supported (the mixers honour full or causal context only):
+            anything but None raises.
+        output_hidden_states : bool, optional
+            None uses the constructor's setting.
+
+        Returns
+        -------
+        out : torch.Tensor
+            (B, T, E), after the final layer norm.
+        attentions : list
+            One None per block run.
+        hidden : list of torch.Tensor
+            Only with ``output_hidden_states``: the block input and each block's output
+            (num_layers + 1 tensors of shape (B, T, E); a block skipped by LayerDrop repeats its input).
+        """
+        if dynchunktrain_config is not None:
+            raise ValueError(
+                "MixerConformerEncoder does not support dynamic chunk training (dynchunktrain_config): "
+                "its mixers honour full-context or causal masks only; use causal=True for streaming"
+            )
+        length = src.shape[1]
+        if src_mask is not None and tuple(src_mask.shape[-2:]) != (length, length):
+            raise ValueError(
+                f"MixerConformerEncoder: src_mask is a (T, T) attention mask, T={length}, got "
+                f"{tuple(src_mask.shape)}; pass the (B, T) padding mask as src_key_padding_mask= "
+                "(SpeechBrain's ConformerEncoder argument order)"
+            )
+        src_key_padding_mask = check_padding_mask(src_key_padding_mask, src)
+        if self.input_positions == "absolute":
+            src = src + absolute_sinusoids(src.shape[1], src.shape[2], src.device, src.dtype)
+        if pos_embs is None:
+            pos_embs = positional_embeddings(self.pos_embs_kind, src)
+        if self.causal and src_mask is None:
+            src_mask = get_lookahead_mask(src)
+        if output_hidden_states is None:
+            output_hidden_states = self.output_hidden_states
+        hidden = [src] if output_hidden_states else None
+        attentions = []
+        x = src
+        for layer in self.layers:
+            skip = self.training and self.layerdrop_prob > 0 and torch.rand(()) < self.layerdrop_prob
+            if not skip:
+                x = layer(x, src_key_padding_mask, pos_embs, attn_mask=src_mask)
+                attentions.append(None)
+            if hidden is not None:
+                hidden.append(x)
+        if hidden is not None:
+            return self.norm(x), attentions, hidden
+        return self.norm(x), attentions

@@ -1,0 +1,281 @@
+"""``SpeechEncoder``: the network BEST-RQ pretraining produces and every downstream use reuses.
+
+fbank -> normalisation (per utterance, or global statistics frozen after pretraining) -> CNN front-end
+(two stride-2 blocks: 40 ms frames) -> linear projection -> ``MixerConformerEncoder``. It is built from
+plain settings, so that ``save_pretrained`` / ``from_pretrained`` rebuild it from a folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+from speechbrain.processing.features import InputNormalization
+from torch import nn
+
+from speechbrain_ext.files import atomic_writer
+from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
+from speechbrain_ext.models.normalization import GlobalNormalization
+
+CONFIG_FILE = "encoder_config.json"
+INITS = ("default", "xavier_normal")
+NORMALIZATIONS = ("sentence", "global")
+WEIGHTS_FILE = "encoder.ckpt"
+
+
+@dataclass
+class EncoderOutput:
+    """What :meth:`SpeechEncoder.encode` returns.
+
+    ``out`` (B, T', E) after the final norm; ``hidden`` the encoder input and every block
+    output (or None); ``padding_mask`` (B, T') True at padded encoder frames.
+    """
+
+    out: torch.Tensor
+    hidden: list[torch.Tensor] | None
+    padding_mask: torch.Tensor
+
+
+class SpeechEncoder(nn.Module):
+    """Fbank, normalisation, CNN front-end and mixer Conformer: waveforms to frame vectors.
+
+    Arguments
+    ---------
+    mixer : str
+        Mixer name of ``speechbrain_ext.mixers.MIXERS``.
+    num_layers, d_model, d_ffn, nhead : int
+        Encoder size (paper base: 12 layers, d_ffn 2048, 8 heads, d_model per mixer).
+    mixer_kwargs : dict, optional
+        Extra mixer settings.
+    dropout : float
+        Dropout in the encoder blocks.
+    kernel_size : int
+        Depthwise convolution kernel of the Conformer blocks.
+    layerdrop_prob : float
+        LayerDrop probability while training.
+    sample_rate, n_fft, n_mels, hop_length : int or float
+        Fbank settings (hop in ms).
+    cnn_channels : tuple of int
+        Output channels of the two stride-2 convolution blocks.
+    activation : str
+        Activation of the Conformer blocks, a name of ``speechbrain_ext.mixers._common.ACTIVATIONS``
+        (the paper's code: "swish").
+    input_dropout : float
+        Dropout after the linear projection into the encoder (the paper's code: ``dropout``).
+    input_positions : str, optional
+        ``"absolute"``: a sinusoid added at the encoder input (the paper's code, for every mixer
+        but mhsa and hypermixing).
+    mixer_output_dropout : bool
+        Dropout on each mixer's output before the residual sum (the paper's code: none).
+    final_norm_eps : float
+        Epsilon of the encoder's final layer norm (the paper's code: 1e-6).
+    init : str
+        ``"default"`` (each module's own) or ``"xavier_normal"``: every weight of two or more
+        dimensions of the projection and the encoder redrawn with Xavier normal, as
+        SpeechBrain's ``TransformerASR._init_params`` does in the paper's code.
+    normalization : str
+        ``"sentence"``: each utterance normalised by its own statistics; ``"global"``: running
+        statistics of the training data (the paper's code), kept in ``state_dict``
+        (:class:`~speechbrain_ext.models.normalization.GlobalNormalization`).
+    normalization_until_epoch : int
+        With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
+
+    Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
+    behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
+
+    Example
+    -------
+    >>> enc = SpeechEncoder("fastformer", num_layers=2, d_model=64, d_ffn=128, nhead=4)
+    >>> feats, lengths = enc.features(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> feats.shape, lengths.tolist()
+    (torch.Size([2, 104, 80]), [101, 51])
+    >>> enc.encode(feats, lengths).out.shape
+    torch.Size([2, 26, 64])
+    """
+
+    frames_per_token = 4  # two stride-2 convolution blocks
+
+    def __init__(
+        self,
+        mixer: str,
+        num_layers: int = 12,
+        d_model: int = 576,
+        d_ffn: int = 2048,
+        nhead: int = 8,
+        mixer_kwargs: dict | None = None,
+        dropout: float = 0.1,
+        kernel_size: int = 31,
+        layerdrop_prob: float = 0.0,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        n_mels: int = 80,
+        hop_length: float = 10,
+        cnn_channels: tuple[int, int] = (128, 32),
+        activation: str = "gelu",
+        input_dropout: float = 0.0,
+        input_positions: str | None = None,
+        mixer_output_dropout: bool = True,
+        final_norm_eps: float = 1e-5,
+        init: str = "default",
+        normalization: str = "sentence",
+        normalization_until_epoch: int = 4,
+    ) -> None:
+        super().__init__()
+        if not isinstance(mixer, str):
+            raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
+        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
+        if not isinstance(activation, str):
+            raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        self.config = {
+            "mixer": mixer,
+            "num_layers": num_layers,
+            "d_model": d_model,
+            "d_ffn": d_ffn,
+            "nhead": nhead,
+            "mixer_kwargs": dict(mixer_kwargs or {}),
+            "dropout": dropout,
+            "kernel_size": kernel_size,
+            "layerdrop_prob": layerdrop_prob,
+            "sample_rate": sample_rate,
+            "n_fft": n_fft,
+            "n_mels": n_mels,
+            "hop_length": hop_length,
+            "cnn_channels": list(cnn_channels),
+            "activation": activation,
+            "input_dropout": input_dropout,
+            "input_positions": input_positions,
+            "mixer_output_dropout": mixer_output_dropout,
+            "final_norm_eps": final_norm_eps,
+            "init": init,
+            "normalization": normalization,
+            "normalization_until_epoch": normalization_until_epoch,
+        }
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.d_model = d_model
+        self.compute_features = Fbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length)
+        if normalization == "global":
+            self.normalize = GlobalNormalization(n_mels, update_until_epoch=normalization_until_epoch)
+        else:
+            self.normalize = InputNormalization(norm_type="sentence")
+        self.front_end = ConvolutionFrontEnd(
+            input_shape=(None, None, n_mels),
+            num_blocks=2,
+            num_layers_per_block=1,
+            out_channels=tuple(cnn_channels),
+            kernel_sizes=(3, 3),
+            strides=(2, 2),
+            residuals=(False, False),
+        )
+        front_end_dim = cnn_channels[-1] * _ceil_div(_ceil_div(n_mels, 2), 2)
+        self.projection = nn.Linear(front_end_dim, d_model)
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.encoder = MixerConformerEncoder(
+            num_layers,
+            d_model,
+            d_ffn,
+            nhead,
+            mixer=mixer,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            activation=activation,
+            layerdrop_prob=layerdrop_prob,
+            mixer_kwargs=mixer_kwargs,
+            mixer_output_dropout=mixer_output_dropout,
+            input_positions=input_positions,
+            final_norm_eps=final_norm_eps,
+        )
+        if init == "xavier_normal":
+            for parameter in [*self.projection.parameters(), *self.encoder.parameters()]:
+                if parameter.dim() > 1:
+                    nn.init.xavier_normal_(parameter)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
+        if isinstance(self.normalize, GlobalNormalization):
+            self.normalize.set_epoch(epoch)
+
+    def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
+
+        ``wav_lens`` are SpeechBrain's relative lengths (fraction of the padded length).
+        """
+        with torch.autocast(device_type=wavs.device.type, enabled=False):
+            feats = self.compute_features(wavs.float())
+            feats = self.normalize(feats, wav_lens.float())
+        # A row of n samples has 1 + n // hop frames (centred STFT): the ceiling of its share.
+        lengths = torch.ceil(wav_lens.float() * feats.shape[1] - 1e-3).long().clamp(1, feats.shape[1])
+        # Zero the padded frames, as the CNN's own padding is: its kernels then read the same
+        # values beside a short utterance whether it is alone or in a padded batch.
+        padding = torch.arange(feats.shape[1], device=feats.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        feats = feats.masked_fill(padding.unsqueeze(-1), 0.0)
+        pad = -feats.shape[1] % self.frames_per_token
+        return F.pad(feats, (0, 0, 0, pad)), lengths
+
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor, output_hidden_states: bool = False
+    ) -> EncoderOutput:
+        """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row."""
+        x = self.front_end(feats)  # (B, T/4, n_mels/4, C)
+        x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
+        token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
+        padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
+        outputs = self.encoder(x, src_key_padding_mask=padding_mask, output_hidden_states=output_hidden_states)
+        out, hidden = outputs[0], (outputs[2] if output_hidden_states else None)
+        return EncoderOutput(out, hidden, padding_mask)
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False) -> EncoderOutput:
+        """Waveforms (B, S) with relative lengths (B,) to encoder frames."""
+        feats, lengths = self.features(wavs, wav_lens)
+        return self.encode(feats, lengths, output_hidden_states)
+
+    def save_pretrained(self, folder: str | Path, card: dict | None = None) -> Path:
+        """Writes the weights and the settings that rebuild this encoder into ``folder``, with a
+        ``hyperparams.yaml`` (SpeechBrain's ``from_hparams``: :class:`speechbrain_ext.inference.MixerEncoder`)
+        and a model card ``README.md``; ``card`` adds what the encoder cannot know about itself
+        (``optimizer_steps``, ``hours``, ``epochs``, ``masked_accuracy``, ``command``, any other key)."""
+        from speechbrain_ext.pretrained_folder import write_hyperparams, write_model_card
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(folder / WEIGHTS_FILE, binary=True) as handle:  # never half a file under the real name
+            torch.save(self.state_dict(), handle)
+        with atomic_writer(folder / CONFIG_FILE) as handle:
+            handle.write(json.dumps(self.config, indent=2) + "\n")
+        write_hyperparams(folder, self.config, WEIGHTS_FILE)
+        write_model_card(folder, self.config, sum(p.numel() for p in self.parameters()), card)
+        return folder
+
+    @staticmethod
+    def read_config(folder: str | Path) -> dict:
+        """The settings saved with an exported encoder; a clear error if the folder is not one."""
+        folder = Path(folder)
+        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} is not an exported encoder: missing {', '.join(missing)} "
+                f"(BEST-RQ pretraining writes them to <output_folder>/encoder/)"
+            )
+        return json.loads((folder / CONFIG_FILE).read_text())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SpeechEncoder:
+        """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
+        encoder = cls(**cls.read_config(folder))
+        encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
+        encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
+        return encoder
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
