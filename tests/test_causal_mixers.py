@@ -121,3 +121,16 @@ def test_causal_mamba_has_one_direction_and_refuses_concat():
     assert build_mixer("mamba", D, 1, causal=True).backward_block is None
     with pytest.raises(ValueError, match="merge must be 'add'"):
         build_mixer("mamba", D, 1, causal=True, merge="concat")
+
+
+def test_every_mixer_shares_the_sequence_mixer_checks():
+    from speechbrain_ext.mixers import MIXERS
+    from speechbrain_ext.mixers._common import SequenceMixer
+
+    x = torch.randn(1, 5, D)
+    for name, cls in MIXERS.items():
+        assert issubclass(cls, SequenceMixer), name
+        mixer = small_mixer(name)
+        assert mixer.mixer_name.startswith(name), name
+        with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(batch, time\)"):
+            mixer(x, x, x, key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))

@@ -187,3 +187,29 @@ def causal_mean(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
         valid = torch.ones_like(x[..., :1])
     count = valid.cumsum(dim=1).clamp(min=1.0)
     return (x * valid).cumsum(dim=1) / count
+
+
+class SequenceMixer:
+    """What every mixer shares (a mixin beside ``nn.Module`` or a SpeechBrain attention class): the
+    checks of SpeechBrain's attention call ``(query, key, value, attn_mask, key_padding_mask, pos_embs)``.
+
+    A mixer sets ``mixer_name`` (used in errors), ``pos_embs_kind`` (the positions it reads) and
+    ``supported_masks`` (the ``attn_mask`` kinds it can honour: ``("causal",)`` or none);
+    ``honours_attn_mask`` means it applies any mask itself (SpeechBrain's attention).
+    """
+
+    mixer_name = "mixer"
+    pos_embs_kind: Optional[str] = None
+    supported_masks: tuple[str, ...] = ()
+    honours_attn_mask = False
+
+    def check_call(
+        self, query: torch.Tensor, attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor]
+    ) -> tuple[Optional[torch.Tensor], bool]:
+        """Validates one call: returns the padding mask as bool (or None) and whether ``attn_mask`` is
+        causal; raises a ValueError naming the mixer for a mask it cannot honour or a badly shaped one."""
+        padding = check_padding_mask(key_padding_mask, query)
+        if self.honours_attn_mask:
+            return padding, False
+        kind = attention_mask_kind(self.mixer_name, attn_mask, query.shape[1], supported=self.supported_masks)
+        return padding, kind == "causal"

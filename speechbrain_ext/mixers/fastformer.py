@@ -18,13 +18,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import attention_mask_kind, check_heads, check_padding_mask
+from speechbrain_ext.mixers._common import SequenceMixer, check_heads
 
 SCORINGS = ("per_head", "linear")
 INITS = ("default", "normal")
 
 
-class Fastformer(nn.Module):
+class Fastformer(nn.Module, SequenceMixer):
     """Multi-head Fastformer with padding-aware global pooling.
 
     Arguments
@@ -58,7 +58,9 @@ class Fastformer(nn.Module):
     torch.Size([2, 50, 64])
     """
 
+    mixer_name = "fastformer"
     pos_embs_kind = None
+    supported_masks = ("causal",)
 
     def __init__(
         self,
@@ -112,10 +114,9 @@ class Fastformer(nn.Module):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None or causal (see ``causal``).
         """
-        key_padding_mask = check_padding_mask(key_padding_mask, query)
+        key_padding_mask, causal_mask = self.check_call(query, attn_mask, key_padding_mask)
+        causal = self.causal or causal_mask
         batch, length, d_model = query.shape
-        mask_kind = attention_mask_kind("fastformer", attn_mask, length, supported=("causal",))
-        causal = self.causal or mask_kind == "causal"
         heads = (batch, length, self.nhead, self.head_dim)
         q = self.query(query).view(heads)
         k = self.key(query).view(heads)

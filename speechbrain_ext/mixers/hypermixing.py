@@ -14,16 +14,15 @@ from speechbrain.nnet.hypermixing import HyperNetwork
 from torch import nn
 
 from speechbrain_ext.mixers._common import (
+    SequenceMixer,
     absolute_sinusoids,
-    attention_mask_kind,
     check_heads,
-    check_padding_mask,
     check_sizes,
     valid_frames,
 )
 
 
-class HyperMixing(nn.Module):
+class HyperMixing(nn.Module, SequenceMixer):
     """Multi-head HyperMixing token mixer.
 
     For each head h with frames X_h (T, E/H), the hypernetwork makes W1, W2 (T, K) from the
@@ -50,6 +49,7 @@ class HyperMixing(nn.Module):
     (torch.Size([2, 50, 64]), None)
     """
 
+    mixer_name = "hypermixing"
     pos_embs_kind = "absolute"
 
     def __init__(
@@ -93,9 +93,8 @@ class HyperMixing(nn.Module):
         anything raises (HyperMixing mixes the whole utterance: no causal form). ``pos_embs`` is
         (1, T, E) from ``absolute_sinusoids``; computed here when None.
         """
-        key_padding_mask = check_padding_mask(key_padding_mask, query)
+        key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
         batch, length, _ = query.shape
-        attention_mask_kind("hypermixing", attn_mask, length)
         x = query
         valid = valid_frames(key_padding_mask, x)
         if valid is not None:

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from speechbrain_ext.mixers._common import attention_mask_kind, check_padding_mask, check_sizes
+from speechbrain_ext.mixers._common import SequenceMixer, check_sizes
 from speechbrain_ext.mixers.scan import selective_scan
 
 MERGES = ("add", "concat")
@@ -147,7 +147,7 @@ def reverse_valid_frames(x: torch.Tensor, key_padding_mask: Optional[torch.Tenso
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
-class BidirectionalMamba(nn.Module):
+class BidirectionalMamba(nn.Module, SequenceMixer):
     """Two Mamba blocks, one over time and one over reversed time, as a sequence mixer.
 
     Arguments
@@ -198,6 +198,8 @@ class BidirectionalMamba(nn.Module):
         if causal and merge != "add":
             raise ValueError(f"mamba: causal=True has one direction, so merge must be 'add', got {merge!r}")
         self.causal = causal
+        self.mixer_name = "mamba (causal=True)" if causal else "mamba (bidirectional; causal=True for a causal mask)"
+        self.supported_masks = ("causal",) if causal else ()
         self.norm = nn.RMSNorm(d_model, eps=norm_eps) if prenorm_residual else None
         self.forward_block = MambaBlock(d_model, **block_kwargs)
         self.backward_block = None if causal else MambaBlock(d_model, **block_kwargs)
@@ -217,11 +219,7 @@ class BidirectionalMamba(nn.Module):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None, or causal when built with ``causal=True``.
         """
-        key_padding_mask = check_padding_mask(key_padding_mask, query)
-        if self.causal:
-            attention_mask_kind("mamba (causal=True)", attn_mask, query.shape[1], supported=("causal",))
-        else:
-            attention_mask_kind("mamba (bidirectional; causal=True for a causal mask)", attn_mask, query.shape[1])
+        key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
         x = query
         if key_padding_mask is not None:
             x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)

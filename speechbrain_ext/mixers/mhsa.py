@@ -10,10 +10,10 @@ from typing import Optional
 import torch
 from speechbrain.nnet.attention import RelPosMHAXL
 
-from speechbrain_ext.mixers._common import check_heads, check_padding_mask, relative_sinusoids
+from speechbrain_ext.mixers._common import SequenceMixer, check_heads, relative_sinusoids
 
 
-class RelPosMHSA(RelPosMHAXL):
+class RelPosMHSA(RelPosMHAXL, SequenceMixer):
     """Multi-head self-attention with Transformer-XL relative positions.
 
     Same parameters and outputs as SpeechBrain's ``RelPosMHAXL`` (its state_dict loads
@@ -36,6 +36,7 @@ class RelPosMHSA(RelPosMHAXL):
     (torch.Size([2, 50, 64]), None)
     """
 
+    mixer_name = "mhsa"
     pos_embs_kind = "relative"
     honours_attn_mask = True  # SpeechBrain's RelPosMHAXL applies any attn_mask, causal ones included
 
@@ -56,7 +57,7 @@ class RelPosMHSA(RelPosMHAXL):
 
         ``pos_embs`` is (1, 2T - 1, E) from ``relative_sinusoids``; computed here when None.
         """
-        key_padding_mask = check_padding_mask(key_padding_mask, query)
+        key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
         if pos_embs is None:
             pos_embs = relative_sinusoids(query.shape[1], self.embed_dim, query.device, query.dtype)
         kwargs = {"pos_embs": pos_embs, "key_padding_mask": key_padding_mask, "attn_mask": attn_mask,

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.attention import RoPEMHA, _rope_rotate
 
-from speechbrain_ext.mixers._common import attention_mask_kind, check_heads, check_padding_mask
+from speechbrain_ext.mixers._common import SequenceMixer, check_heads
 
 
-class FlashMHSA(RoPEMHA):
+class FlashMHSA(RoPEMHA, SequenceMixer):
     """RoPE multi-head self-attention that never builds a (T, T) tensor, padded batches included.
 
     The parameters are those of SpeechBrain's ``RoPEMHA`` (its state_dict loads as is) and the
@@ -45,6 +45,7 @@ class FlashMHSA(RoPEMHA):
     (torch.Size([2, 50, 64]), None)
     """
 
+    mixer_name = "mhsa_flash"
     pos_embs_kind = None  # rotations are applied inside, from the frame index
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, value_bias: bool = False) -> None:
@@ -66,8 +67,7 @@ class FlashMHSA(RoPEMHA):
         pos_embs: Optional[torch.Tensor] = None,
         return_attn_weights: bool = True,
     ) -> tuple[torch.Tensor, None]:
-        attention_mask_kind("mhsa_flash", attn_mask, query.shape[1])
-        padding = check_padding_mask(key_padding_mask, query)
+        padding, _ = self.check_call(query, attn_mask, key_padding_mask)
         batch, length, _ = query.shape
         # Self-attention over ``query``, like every mixer: (B, T, H, 3 * head_dim) -> q, k, v.
         q, k, v = F.linear(query, self.in_proj_weight).view(batch, length, self.num_heads, -1).chunk(3, dim=-1)

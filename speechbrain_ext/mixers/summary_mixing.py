@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from speechbrain_ext.mixers._common import (
-    attention_mask_kind,
+    SequenceMixer,
     causal_mean,
     check_heads,
-    check_padding_mask,
     resolve_activation,
     valid_frames,
 )
@@ -80,7 +79,7 @@ def _mlp(d_in: int, hidden: Optional[int], d_out: int, groups: int, activation: 
     return nn.Sequential(*layers)
 
 
-class SummaryMixing(nn.Module):
+class SummaryMixing(nn.Module, SequenceMixer):
     """SummaryMixing token mixer.
 
     f and s are MLPs with an activation after every layer; c is a dense layer with an
@@ -129,7 +128,9 @@ class SummaryMixing(nn.Module):
     torch.Size([2, 50, 64])
     """
 
+    mixer_name = "summarymixing"
     pos_embs_kind = None
+    supported_masks = ("causal",)
 
     def __init__(
         self,
@@ -185,9 +186,8 @@ class SummaryMixing(nn.Module):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None or causal (see ``causal``).
         """
-        key_padding_mask = check_padding_mask(key_padding_mask, query)
-        mask_kind = attention_mask_kind("summarymixing", attn_mask, query.shape[1], supported=("causal",))
-        causal = self.causal or mask_kind == "causal"
+        key_padding_mask, causal_mask = self.check_call(query, attn_mask, key_padding_mask)
+        causal = self.causal or causal_mask
         summary = self._summarize(query, key_padding_mask, causal)  # (B, 1 or T, S)
         if self.summary_norm is not None:
             summary = self.summary_norm(summary)
