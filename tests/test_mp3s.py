@@ -88,16 +88,24 @@ TOY_HEAD = {
     ("IEMOCAP", "ecapa_tdnn"): ["--lr=0.003", "--compute_cost=!new:speechbrain_ext.mp3s.brains.AngularMarginLoss",
                                 "--sorting=ascending"],
     ("SLURP", "linear"): ["--pool_std=True", "--normalize=True"],
-    ("SLURP", "LSTM_linear"): ["--normalize=True"],
+    # Adam at 0.01 (the linear heads' toy rate) throws the BiLSTM about: 0.34 test accuracy with one seed;
+    # at 0.003 it learns with every seed tried (0.69 / 0.78 / 0.94 for seeds 3 / 1 / 2).
+    ("SLURP", "LSTM_linear"): ["--normalize=True", "--lr=0.003"],
     ("VoxCeleb1", "Xvectors"): ["--compute_cost=!name:torch.nn.functional.nll_loss"],
 }
 CHANCE = {"VoxCeleb1": 0.25, "IEMOCAP": 0.25, "SLURP": 0.25}  # 4 speakers, emotions, scenarios
 
 
+def toy_options(recipe) -> list[str]:
+    """The task's toy settings, then the recipe's small sizes, then the head's own settings (last one wins)."""
+    options = TOY[recipe.task] + list(recipe.quick) + TOY_HEAD.get((recipe.task, recipe.head), [])
+    return [f"{key}={value}" for key, value in dict(option.split("=", 1) for option in options).items()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
 def test_recipe_end_to_end_on_its_toy_corpus(recipe, encoder, corpora, tmp_path):
-    options = TOY[recipe.task] + list(recipe.quick) + TOY_HEAD.get((recipe.task, recipe.head), [])
+    options = toy_options(recipe)
     rows = run_recipe(recipe, encoder, str(corpora[recipe.task]), tmp_path / "out", options)
     assert rows and all(row["mixer"] == "summarymixing" and row["encoder"] == str(encoder) for row in rows)
     metrics = {(row["test_set"], row["metric"]): row["value"] for row in rows}
