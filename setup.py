@@ -61,7 +61,8 @@ setup(
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # KenLM n-gram language models in the MP3S ASR beam search (SpeechBrain's scorer needs pygtrie).
         "lm": ["kenlm>=0.2", "pygtrie>=2.5"],
-        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "tensorboard>=2.15"],
+        # kenlm compiles from source (about 2 minutes on 2 cores): the LM decoding test runs rather than skips.
+        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "tensorboard>=2.15", "kenlm>=0.2", "pygtrie>=2.5"],
     },
     cmdclass={"build_py": BuildWithRecipes},
 )
