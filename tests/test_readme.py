@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 from hyperpyyaml import load_hyperpyyaml
 
@@ -26,9 +25,27 @@ def test_the_section_shows_three_routes_and_the_inference_class():
     assert len(section_blocks("python")) == 4 and len(section_blocks("yaml")) == 1
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_python_snippets_run(index):
-    exec(compile(section_blocks("python")[index], f"README snippet {index}", "exec"), {})
+def run_snippet(index):
+    namespace = {}
+    exec(compile(section_blocks("python")[index], f"README snippet {index}", "exec"), namespace)
+    return namespace
+
+
+def test_mixer_snippet_runs():
+    namespace = run_snippet(0)
+    assert namespace["out"].shape == (4, 100, 256)
+    assert namespace["streaming"].causal
+
+
+def test_encoder_snippet_runs():
+    namespace = run_snippet(1)
+    assert namespace["out"].shape == (2, 50, 256) and len(namespace["hidden"]) == 13
+    assert type(namespace["asr"].encoder).__name__ == "MixerConformerEncoder"
+
+
+def test_replace_attention_snippet_runs():
+    layers = run_snippet(2)["asr"].encoder.layers
+    assert len(layers) == 12 and all(type(layer.mha_layer).__name__ == "SummaryMixing" for layer in layers)
 
 
 def test_inference_snippet_runs(tmp_path, monkeypatch):
