@@ -143,21 +143,25 @@ def _add_labels(hparams: dict, datasets: list, train, column: str) -> Categorica
 
 # Manifests of each corpus (preparation run or skipped), then the datasets built from them.
 
+def _prepared(prepare: Callable, hparams: dict, **kwargs) -> dict[str, Path]:
+    """Runs ``prepare`` on the main process (unless ``skip_prep``), then every process reads its manifests."""
+    run_on_main(prepare, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
+    return prepare(**kwargs, skip_prep=True)
+
+
 def librispeech_csvs(hparams: dict) -> dict[str, Path]:
     from speechbrain_ext.data.librispeech import prepare_librispeech
 
     names = hparams["train_splits"] + hparams["dev_splits"] + hparams["test_splits"]
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"], "splits": names}
-    run_on_main(prepare_librispeech, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
-    return prepare_librispeech(**kwargs, skip_prep=True)
+    return _prepared(prepare_librispeech, hparams, **kwargs)
 
 
 def commonvoice_csvs(hparams: dict) -> dict[str, Path]:
     from speechbrain_ext.data.commonvoice import prepare_commonvoice
 
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"]}
-    run_on_main(prepare_commonvoice, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
-    return prepare_commonvoice(**kwargs, skip_prep=True)
+    return _prepared(prepare_commonvoice, hparams, **kwargs)
 
 
 def iemocap_csvs(hparams: dict) -> dict[str, Path]:
@@ -165,16 +169,14 @@ def iemocap_csvs(hparams: dict) -> dict[str, Path]:
 
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"],
               "test_spk_id": hparams["test_spk_id"]}
-    run_on_main(prepare_iemocap, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
-    return prepare_iemocap(**kwargs, skip_prep=True)
+    return _prepared(prepare_iemocap, hparams, **kwargs)
 
 
 def slurp_csvs(hparams: dict) -> dict[str, Path]:
     from speechbrain_ext.data.slurp import prepare_slurp
 
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"]}
-    run_on_main(prepare_slurp, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
-    return prepare_slurp(**kwargs, skip_prep=True)
+    return _prepared(prepare_slurp, hparams, **kwargs)
 
 
 def voxceleb_csvs(hparams: dict) -> dict[str, Path]:
@@ -182,8 +184,7 @@ def voxceleb_csvs(hparams: dict) -> dict[str, Path]:
 
     kwargs = {"data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"],
               "valid_ratio": hparams.get("valid_ratio", 0.1)}
-    run_on_main(prepare_voxceleb1, kwargs={**kwargs, "skip_prep": hparams["skip_prep"]})
-    return prepare_voxceleb1(**kwargs, skip_prep=True)
+    return _prepared(prepare_voxceleb1, hparams, **kwargs)
 
 
 def prepare_librispeech_asr(hparams: dict) -> Splits:
