@@ -114,10 +114,12 @@ def build_model(point: Point) -> nn.Module:
     if stock is None and point.mixer not in MIXERS:
         raise ValueError(f"unknown mixer {point.mixer!r}; valid: {', '.join(sorted(MIXERS) + sorted(STOCK))}")
     # Our mixers as the paper's code builds them (speechbrain_ext.sizes), at the point's depth and width.
-    # For a stock model, the same front-end around SpeechBrain's own Conformer (our one-layer encoder replaced).
+    # For a stock model, SpeechBrain's own front-end (ConvolutionFrontEnd) around SpeechBrain's own
+    # Conformer (our one-layer encoder replaced), as a SpeechBrain user builds it; ours use the fast front-end.
     mixer = point.mixer if stock is None else "fastformer"
     settings = {**paper_encoder_settings(point.size, mixer), "num_layers": layers if stock is None else 1,
-                "d_model": d_model, "mixer_kwargs": paper_mixer_kwargs(mixer, d_model), "init": "default"}
+                "d_model": d_model, "mixer_kwargs": paper_mixer_kwargs(mixer, d_model), "init": "default",
+                "front_end": "fast" if stock is None else "speechbrain"}
     speech_encoder = SpeechEncoder(**settings)
     if stock is not None:
         speech_encoder.encoder = StockConformer(stock, layers, d_model, 2048, 8)

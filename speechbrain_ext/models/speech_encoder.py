@@ -21,9 +21,12 @@ from torch import nn
 
 from speechbrain_ext.files import atomic_writer
 from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
+from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
 from speechbrain_ext.models.normalization import GlobalNormalization
 
 CONFIG_FILE = "encoder_config.json"
+# The CNN front-end's implementation: the same function and parameters either way.
+FRONT_ENDS = {"fast": FastConvolutionFrontEnd, "speechbrain": ConvolutionFrontEnd}
 INITS = ("default", "xavier_normal")
 NORMALIZATIONS = ("sentence", "global")
 WEIGHTS_FILE = "encoder.ckpt"
@@ -85,6 +88,11 @@ class SpeechEncoder(nn.Module):
         (:class:`~speechbrain_ext.models.normalization.GlobalNormalization`).
     normalization_until_epoch : int
         With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
+    front_end : str
+        ``"fast"`` (:class:`~speechbrain_ext.models.front_end.FastConvolutionFrontEnd`: the same
+        function and parameter names as SpeechBrain's, 3-4x faster on the CPU) or ``"speechbrain"``
+        (SpeechBrain's ``ConvolutionFrontEnd`` itself, whose dropout masks follow torch's stream
+        as ``nn.Dropout`` draws them). Checkpoints load into either.
 
     Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
     behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
@@ -125,6 +133,7 @@ class SpeechEncoder(nn.Module):
         init: str = "default",
         normalization: str = "sentence",
         normalization_until_epoch: int = 4,
+        front_end: str = "fast",
     ) -> None:
         super().__init__()
         if not isinstance(mixer, str):
@@ -136,6 +145,8 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        if front_end not in FRONT_ENDS:
+            raise ValueError(f"unknown front_end {front_end!r}; valid: {', '.join(FRONT_ENDS)}")
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -159,6 +170,7 @@ class SpeechEncoder(nn.Module):
             "init": init,
             "normalization": normalization,
             "normalization_until_epoch": normalization_until_epoch,
+            "front_end": front_end,
         }
         self.sample_rate = sample_rate
         self.n_mels = n_mels
@@ -168,7 +180,7 @@ class SpeechEncoder(nn.Module):
             self.normalize = GlobalNormalization(n_mels, update_until_epoch=normalization_until_epoch)
         else:
             self.normalize = InputNormalization(norm_type="sentence")
-        self.front_end = ConvolutionFrontEnd(
+        self.front_end = FRONT_ENDS[front_end](
             input_shape=(None, None, n_mels),
             num_blocks=2,
             num_layers_per_block=1,
