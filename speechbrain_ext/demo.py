@@ -1,6 +1,6 @@
 """Demo: BEST-RQ pretraining end to end on a toy LibriSpeech corpus, on a CPU in minutes.
 
-    python -m speechbrain_ext.demo [--mixer summarymixing] [--epochs 6] [--output demo_results]
+    python -m speechbrain_ext.demo [--mixer summarymixing] [--epochs 20] [--output demo_results]
 
 It writes a small LibriSpeech-layout corpus made by our formant synthesizer, runs the real
 recipe (recipes/LibriSpeech/BEST-RQ/train.py with a shrunken model), then prints the loss and
@@ -32,14 +32,18 @@ DEMO_SETTINGS = {
 # Mixer settings are the YAMLs' (the paper's forms; hypernet_size and summary_out follow d_ffn and d_model).
 MIXER_SETTINGS: dict[str, dict[str, str]] = {}
 STEP_LINE = re.compile(r"^optimizer step: (\d+), lr: \S+ - train loss: (\S+), train masked_accuracy: (\S+)$", re.M)
-EPOCH_LINE = re.compile(r"^epoch: (\d+), .* valid loss: ([^,\s]+), valid masked_accuracy: (\S+)$", re.M)
+EPOCH_LINE = re.compile(
+    r"^epoch: (\d+), .* valid loss: ([^,\s]+), valid masked_accuracy: ([^,\s]+)"
+    r"(?:, valid majority_code_share: (\S+))?$", re.M)
 
 
-def read_curve(train_log: Path) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float]]]:
-    """(step, loss, masked accuracy) per optimizer step, and (epoch, loss, accuracy) per validation."""
+def read_curve(train_log: Path) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float, float]]]:
+    """(step, loss, masked accuracy) per optimizer step, and (epoch, loss, accuracy, share of the most
+    frequent target code: NaN if not logged) per validation."""
     text = train_log.read_text()
     steps = [(int(s), float(loss), float(acc)) for s, loss, acc in STEP_LINE.findall(text)]
-    epochs = [(int(e), float(loss), float(acc)) for e, loss, acc in EPOCH_LINE.findall(text)]
+    epochs = [(int(e), float(loss), float(acc), float(share or "nan"))
+              for e, loss, acc, share in EPOCH_LINE.findall(text)]
     return steps, epochs
 
 
@@ -67,9 +71,10 @@ def plot_curve(steps, epochs, path: Path, title: str) -> Path | None:
     ax_loss.plot([s for s, _, _ in steps], [loss for _, loss, _ in steps], lw=1, label="train (per step)")
     ax_acc.plot([s for s, _, _ in steps], [100 * a for _, _, a in steps], lw=1, label="train (running)")
     per_epoch = len(steps) / max(len(epochs), 1)
-    valid_steps = [round(per_epoch * e) for e, _, _ in epochs]
-    ax_loss.plot(valid_steps, [loss for _, loss, _ in epochs], "o-", label="valid")
-    ax_acc.plot(valid_steps, [100 * a for _, _, a in epochs], "o-", label="valid")
+    valid_steps = [round(per_epoch * e) for e, *_ in epochs]
+    ax_loss.plot(valid_steps, [loss for _, loss, *_ in epochs], "o-", label="valid")
+    ax_acc.plot(valid_steps, [100 * a for _, _, a, _ in epochs], "o-", label="valid")
+    ax_acc.plot(valid_steps, [100 * share for *_, share in epochs], "k--", lw=1, label="most frequent code (valid)")
     ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy on masked frames")
     ax_acc.set(xlabel="optimizer step", ylabel="masked-frame accuracy (%)")
     for axis in (ax_loss, ax_acc):
@@ -102,22 +107,46 @@ def run_demo(mixer: str, epochs: int, output: Path, seed: int = 1986) -> dict:
     steps, valid = read_curve(run_folder / "train_log.txt")
     png = plot_curve(steps, valid, output / f"curve_{mixer}.png", f"BEST-RQ on toy LibriSpeech, {mixer}")
     print(f"\n{text_curve(steps)}\n")
-    for epoch, loss, accuracy in valid:
-        print(f"epoch {epoch}: valid loss {loss:.2f}, valid masked accuracy {100 * accuracy:.1f}%")
+    for epoch, loss, accuracy, share in valid:
+        print(f"epoch {epoch}: valid loss {loss:.2f}, valid masked accuracy {100 * accuracy:.1f}% "
+              f"(most frequent code {100 * share:.1f}%)")
     chance = 1 / int(DEMO_SETTINGS["--cb_vocab"])
     print(f"\n{mixer}: {wall:.0f} s wall, final valid masked accuracy {100 * valid[-1][2]:.1f}% "
-          f"(chance {100 * chance:.2f}%), curve in {png}, encoder in {run_folder / 'encoder'}")
-    return {"mixer": mixer, "wall_seconds": wall, "valid_accuracy": valid[-1][2], "png": png,
-            "encoder": run_folder / "encoder"}
+          f"(always predicting the most frequent code: {100 * valid[-1][3]:.1f}%; chance {100 * chance:.2f}%), "
+          f"curve in {png}, encoder in {run_folder / 'encoder'}")
+    return {"mixer": mixer, "wall_seconds": wall, "valid_loss": valid[-1][1], "valid_accuracy": valid[-1][2],
+            "majority_code_share": valid[-1][3], "png": png, "encoder": run_folder / "encoder"}
+
+
+PAPER_MIXERS = ("mhsa", "hypermixing", "fastformer", "summarymixing", "mamba")
+
+
+def summary_table(results: list[dict], epochs: int) -> str:
+    """Markdown: per mixer, the final validation loss and masked accuracy beside the most frequent code's share."""
+    size = ", ".join(f"{key}={DEMO_SETTINGS['--' + key]}" for key in ("num_encoder_layers", "d_model", "cb_vocab"))
+    lines = [f"BEST-RQ demo on the toy corpus, {epochs} epochs, the paper's settings at demo size ({size})",
+             "", "| mixer | valid loss | valid masked accuracy | most frequent code | ratio | wall (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['mixer']} | {r['valid_loss']:.2f} | {100 * r['valid_accuracy']:.1f}% | "
+                     f"{100 * r['majority_code_share']:.1f}% | {r['valid_accuracy'] / r['majority_code_share']:.2f}x | "
+                     f"{r['wall_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mixer", default="summarymixing", choices=sorted(MIXERS))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--mixer", default="summarymixing", choices=[*sorted(MIXERS), "all"],
+                        help="a mixer, or all: the paper's five, one after the other, with a summary table")
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--output", type=Path, default=Path("demo_results"))
     args = parser.parse_args(argv)
-    run_demo(args.mixer, args.epochs, args.output)
+    mixers = PAPER_MIXERS if args.mixer == "all" else (args.mixer,)
+    results = [run_demo(mixer, args.epochs, args.output) for mixer in mixers]
+    if len(results) > 1:
+        table = summary_table(results, args.epochs)
+        (args.output / "mixers.md").write_text(table)
+        print("\n" + table)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch
 from conftest import SMALL_MIXER_KWARGS, write_bad_audio
 
 from speechbrain_ext.bestrq import BestRQ, SpeechEncoder
+from speechbrain_ext.bestrq.masking import compute_span_mask
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
@@ -99,3 +100,20 @@ def test_manifest_errors_are_clear(tmp_path):
     manifest.write_text("ID,duration,wav\n" + "".join(f"u{i},1.0,{p}\n" for i, p in enumerate(bad)))
     with pytest.raises(ValueError, match="no usable audio"):
         audio_dataset([manifest], sample_rate=16000, min_duration=0.5)
+
+
+def test_target_counts_are_the_masked_frames_targets():
+    torch.manual_seed(0)
+    model = BestRQ(tiny_encoder("fastformer"), cb_vocab=64, quantizer_seed=0, num_codebooks=2)
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.6])
+    torch.manual_seed(1)
+    out = model(wavs, lens)
+    assert out.target_counts.shape == (64,) and int(out.target_counts.sum()) == out.num_masked
+    # the same draw again, recomputing the first codebook's targets of the masked frames by hand
+    torch.manual_seed(1)
+    feats, lengths = model.speech_encoder.features(wavs, lens)
+    span = model.speech_encoder.frames_per_token
+    targets = model.quantizer(feats.reshape(2, feats.shape[1] // span, -1))[..., 0]
+    mask = compute_span_mask(lengths, feats.shape[1], model.mask_prob, span, model.per_utterance_mask)
+    expected = torch.bincount(targets[mask[:, ::span]], minlength=64)
+    assert torch.equal(out.target_counts, expected)

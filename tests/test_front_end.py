@@ -5,7 +5,8 @@ import torch
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 
 from speechbrain_ext.bestrq import SpeechEncoder
-from speechbrain_ext.models.front_end import FastConvolutionFrontEnd, cpu_dropout
+from speechbrain_ext.models.dropout import FastDropout, cpu_dropout
+from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
 
 
 def front_ends(n_mels=80, channels=(128, 32), dtype=torch.float64, **options):
@@ -87,21 +88,22 @@ def test_other_configurations_fall_back_to_speechbrain():
 def test_speech_encoder_front_ends_give_the_same_encoding():
     torch.manual_seed(0)
     ours = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4).eval()
-    stock = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4, front_end="speechbrain").eval()
+    stock = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4,
+                          implementation="speechbrain").eval()
     assert type(ours.front_end) is FastConvolutionFrontEnd and type(stock.front_end) is ConvolutionFrontEnd
     stock.load_state_dict(ours.state_dict())
     wavs, lens = torch.randn(2, 24000), torch.tensor([1.0, 0.6])
     torch.testing.assert_close(ours(wavs, lens).out, stock(wavs, lens).out, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="unknown front_end 'cudnn'"):
-        SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4, front_end="cudnn")
+    with pytest.raises(ValueError, match="unknown implementation 'cudnn'"):
+        SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4, implementation="cudnn")
 
 
 def test_exported_encoders_without_the_setting_rebuild_fast(tmp_path):
-    encoder = SpeechEncoder("mamba", num_layers=1, d_model=32, d_ffn=64, nhead=1, front_end="speechbrain")
+    encoder = SpeechEncoder("mamba", num_layers=1, d_model=32, d_ffn=64, nhead=1, implementation="speechbrain")
     folder = encoder.save_pretrained(tmp_path / "enc")
     config = SpeechEncoder.read_config(folder)
-    assert config["front_end"] == "speechbrain"
-    del config["front_end"]  # an encoder exported before the option existed
+    assert config["implementation"] == "speechbrain"
+    del config["implementation"]  # an encoder exported before the option existed
     (folder / "encoder_config.json").write_text(__import__("json").dumps(config))
     loaded = SpeechEncoder.from_pretrained(folder).eval()
     assert type(loaded.front_end) is FastConvolutionFrontEnd
@@ -138,3 +140,26 @@ def test_bf16_autocast_runs_close_to_float32():
     expected = reference(x)
     assert out.shape == expected.shape and torch.isfinite(out).all()
     assert (out.float() - expected).abs().mean() < 0.05 * expected.abs().mean()
+
+
+def test_fast_implementation_swaps_every_dropout_and_trains_alike():
+    torch.manual_seed(0)
+    ours = SpeechEncoder("mhsa", num_layers=2, d_model=32, d_ffn=64, nhead=4, mixer_kwargs={"dropout": 0.1})
+    stock = SpeechEncoder("mhsa", num_layers=2, d_model=32, d_ffn=64, nhead=4, mixer_kwargs={"dropout": 0.1},
+                          implementation="speechbrain")
+    ours_dropouts = [m for m in ours.modules() if isinstance(m, torch.nn.Dropout)]
+    stock_dropouts = [m for m in stock.modules() if isinstance(m, torch.nn.Dropout)]
+    # every dropout of the encoder (SpeechBrain's feed-forward, convolution module and attention
+    # included) draws fast masks, at its own rate; the stock encoder keeps PyTorch's
+    assert len(ours_dropouts) == len(stock_dropouts) > 10
+    assert all(type(m) is FastDropout for m in ours_dropouts)
+    assert not any(isinstance(m, FastDropout) for m in stock.modules())
+    assert [m.p for m in ours_dropouts] == [m.p for m in stock_dropouts]
+    # in training, the two differ only by their random masks: the mean output over many draws agrees
+    stock.load_state_dict(ours.state_dict())
+    wavs, lens = torch.randn(1, 8000), torch.tensor([1.0])
+    with torch.no_grad():
+        mean_ours = torch.stack([ours.train()(wavs, lens).out for _ in range(40)]).mean(0)
+        mean_stock = torch.stack([stock.train()(wavs, lens).out for _ in range(40)]).mean(0)
+        evaluated = ours.eval()(wavs, lens).out
+    assert (mean_ours - mean_stock).abs().mean() < 0.25 * (mean_stock - evaluated).abs().mean() + 0.05

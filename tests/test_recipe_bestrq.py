@@ -84,8 +84,11 @@ def test_short_run_learns_above_chance(corpus, tmp_path):
     assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:5]) / 5
     valid_losses = [float(v) for v in re.findall(r"valid loss: ([^,\s]+)", train_log)]
     assert len(valid_losses) == 3 and valid_losses[-1] < valid_losses[0]
-    valid_accuracy = float(re.findall(r"valid masked_accuracy: (\S+)", train_log)[-1])
+    valid_accuracy = float(re.findall(r"valid masked_accuracy: ([^,\s]+)", train_log)[-1])
     assert valid_accuracy > 25 / 512  # 25x chance (1/512 with this codebook; 1/8192 in the paper)
+    # the bar of a model that always predicts the most frequent code is logged beside the accuracy
+    shares = [float(v) for v in re.findall(r"valid majority_code_share: (\S+)$", train_log, re.M)]
+    assert len(shares) == 3 and all(1 / 512 <= share <= 1.0 for share in shares)
 
 
 def latest_checkpoint(save_folder):

@@ -119,7 +119,7 @@ def build_model(point: Point) -> nn.Module:
     mixer = point.mixer if stock is None else "fastformer"
     settings = {**paper_encoder_settings(point.size, mixer), "num_layers": layers if stock is None else 1,
                 "d_model": d_model, "mixer_kwargs": paper_mixer_kwargs(mixer, d_model), "init": "default",
-                "front_end": "fast" if stock is None else "speechbrain"}
+                "implementation": "fast" if stock is None else "speechbrain"}
     speech_encoder = SpeechEncoder(**settings)
     if stock is not None:
         speech_encoder.encoder = StockConformer(stock, layers, d_model, 2048, 8)

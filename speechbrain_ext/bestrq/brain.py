@@ -41,6 +41,9 @@ class BestRQBrain(ResilientBrain):
     def compute_objectives(self, outputs, batch, stage):
         self.masked_correct += float(outputs.accuracy) * outputs.num_masked
         self.masked_total += outputs.num_masked
+        if stage == sb.Stage.VALID and outputs.target_counts is not None:
+            counts = outputs.target_counts.cpu()
+            self.valid_target_counts = counts if self.valid_target_counts is None else self.valid_target_counts + counts
         return outputs.loss
 
     def on_fit_start(self):
@@ -64,6 +67,7 @@ class BestRQBrain(ResilientBrain):
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
+        self.valid_target_counts = None
         if stage == sb.Stage.TRAIN and epoch is not None:  # global normalisation stops updating at its epoch
             getattr(self.modules.model, "module", self.modules.model).set_epoch(epoch)
         super().on_stage_start(stage, epoch)  # a run resumed mid-epoch takes its totals back
@@ -88,6 +92,9 @@ class BestRQBrain(ResilientBrain):
         stats = {"loss": stage_loss, "masked_accuracy": self.masked_accuracy()}
         if stage == sb.Stage.VALID:
             self.valid_masked_accuracy = stats["masked_accuracy"]  # the model card's final accuracy
+            if self.valid_target_counts is not None and self.valid_target_counts.sum() > 0:
+                # What always predicting the most frequent target code would score: the bar to beat.
+                stats["majority_code_share"] = float(self.valid_target_counts.max() / self.valid_target_counts.sum())
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return

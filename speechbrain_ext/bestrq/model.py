@@ -32,11 +32,16 @@ from speechbrain_ext.models.speech_encoder import (  # noqa: F401 - re-exported:
 
 @dataclass
 class BestRQOutput:
-    """Loss and masked-frame accuracy of one batch (accuracy averaged over codebooks)."""
+    """Loss and masked-frame accuracy of one batch (accuracy averaged over codebooks).
+
+    ``target_counts`` (cb_vocab,): how often each code of the first codebook is the target of a
+    masked frame; its largest share is the accuracy of always predicting the most frequent code.
+    """
 
     loss: torch.Tensor
     accuracy: torch.Tensor
     num_masked: int
+    target_counts: torch.Tensor | None = None
 
 
 class BestRQ(nn.Module):
@@ -123,6 +128,7 @@ class BestRQ(nn.Module):
             loss=torch.stack(losses).mean(),
             accuracy=torch.stack(accuracies).mean().detach(),
             num_masked=int(selected.shape[0]),
+            target_counts=torch.bincount(selected_targets[:, 0].detach(), minlength=self.heads[0].out_features),
         )
 
 

@@ -25,6 +25,8 @@ from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 from speechbrain.nnet.CNN import get_padding_elem
 from speechbrain.nnet.normalization import LayerNorm
 
+from speechbrain_ext.models.dropout import cpu_dropout
+
 
 class FastConvolutionFrontEnd(ConvolutionFrontEnd):
     """``ConvolutionFrontEnd`` with a channels-last forward: same parameters, same outputs, faster.
@@ -79,40 +81,6 @@ class FastConvolutionFrontEnd(ConvolutionFrontEnd):
             x = F.leaky_relu(x, act.negative_slope, inplace=True)  # its backward reads the output
             x = cpu_dropout(x, drop.p, self.training)
         return x
-
-
-class _DropAndScale(torch.autograd.Function):
-    """``x * keep / (1 - p)`` with the mask held as booleans; the same in the backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(drop)
-        ctx.scale = scale
-        return x.mul(scale).masked_fill_(drop, 0.0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (drop,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None, None
-
-
-def cpu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout``, with the CPU mask drawn 3x faster: the same distribution, another random stream.
-
-    PyTorch's CPU ``bernoulli_`` draws one random number per element, and at 80 s it was a third
-    of the front-end's training step. Here one 64-bit draw of torch's generator gives two 32-bit
-    uniform integers, each compared with ``p * 2**32``: every element is dropped independently
-    with probability ``p`` (to 2**-32), seeded and resumed with torch's generator like the rest.
-    Other devices use ``F.dropout``.
-    """
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, True)
-    count = x.numel()
-    bits = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None).view(torch.int32)
-    drop = (bits[:count] < -(2**31) + round(p * 2**32)).view(x.shape)
-    return _DropAndScale.apply(x, drop, 1.0 / (1.0 - p))
 
 
 def _padding_same(conv: torch.nn.Module) -> tuple[int, int, int, int]:

@@ -20,12 +20,13 @@ from speechbrain.processing.features import InputNormalization
 from torch import nn
 
 from speechbrain_ext.files import atomic_writer
+from speechbrain_ext.models.dropout import use_fast_dropout
 from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
 from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
 from speechbrain_ext.models.normalization import GlobalNormalization
 
 CONFIG_FILE = "encoder_config.json"
-# The CNN front-end's implementation: the same function and parameters either way.
+# The CNN front-end of each implementation: the same function and parameters either way.
 FRONT_ENDS = {"fast": FastConvolutionFrontEnd, "speechbrain": ConvolutionFrontEnd}
 INITS = ("default", "xavier_normal")
 NORMALIZATIONS = ("sentence", "global")
@@ -88,11 +89,13 @@ class SpeechEncoder(nn.Module):
         (:class:`~speechbrain_ext.models.normalization.GlobalNormalization`).
     normalization_until_epoch : int
         With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
-    front_end : str
-        ``"fast"`` (:class:`~speechbrain_ext.models.front_end.FastConvolutionFrontEnd`: the same
-        function and parameter names as SpeechBrain's, 3-4x faster on the CPU) or ``"speechbrain"``
-        (SpeechBrain's ``ConvolutionFrontEnd`` itself, whose dropout masks follow torch's stream
-        as ``nn.Dropout`` draws them). Checkpoints load into either.
+    implementation : str
+        ``"fast"``: the CNN front-end is
+        :class:`~speechbrain_ext.models.front_end.FastConvolutionFrontEnd` (the same function and
+        parameter names as SpeechBrain's ``ConvolutionFrontEnd``, 3-4x faster on the CPU) and every
+        dropout draws its CPU masks with :func:`~speechbrain_ext.models.dropout.cpu_dropout` (same
+        distribution, another random stream); ``"speechbrain"``: SpeechBrain's front-end and
+        ``nn.Dropout`` themselves. The same parameters either way: checkpoints load into both.
 
     Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
     behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
@@ -133,7 +136,7 @@ class SpeechEncoder(nn.Module):
         init: str = "default",
         normalization: str = "sentence",
         normalization_until_epoch: int = 4,
-        front_end: str = "fast",
+        implementation: str = "fast",
     ) -> None:
         super().__init__()
         if not isinstance(mixer, str):
@@ -145,8 +148,8 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
-        if front_end not in FRONT_ENDS:
-            raise ValueError(f"unknown front_end {front_end!r}; valid: {', '.join(FRONT_ENDS)}")
+        if implementation not in FRONT_ENDS:
+            raise ValueError(f"unknown implementation {implementation!r}; valid: {', '.join(FRONT_ENDS)}")
         self.config = {
             "mixer": mixer,
             "num_layers": num_layers,
@@ -170,7 +173,7 @@ class SpeechEncoder(nn.Module):
             "init": init,
             "normalization": normalization,
             "normalization_until_epoch": normalization_until_epoch,
-            "front_end": front_end,
+            "implementation": implementation,
         }
         self.sample_rate = sample_rate
         self.n_mels = n_mels
@@ -180,7 +183,7 @@ class SpeechEncoder(nn.Module):
             self.normalize = GlobalNormalization(n_mels, update_until_epoch=normalization_until_epoch)
         else:
             self.normalize = InputNormalization(norm_type="sentence")
-        self.front_end = FRONT_ENDS[front_end](
+        self.front_end = FRONT_ENDS[implementation](
             input_shape=(None, None, n_mels),
             num_blocks=2,
             num_layers_per_block=1,
@@ -211,6 +214,8 @@ class SpeechEncoder(nn.Module):
             for parameter in [*self.projection.parameters(), *self.encoder.parameters()]:
                 if parameter.dim() > 1:
                     nn.init.xavier_normal_(parameter)
+        if implementation == "fast":
+            use_fast_dropout(self)
 
     def set_epoch(self, epoch: float) -> None:
         """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
