@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from speechbrain_ext.mixers._common import SequenceMixer, check_sizes
+from speechbrain_ext.mixers.depthwise import depthwise_conv_time_major
 from speechbrain_ext.mixers.scan import selective_scan
 
 MERGES = ("add", "concat")
@@ -109,12 +110,11 @@ class MambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, E) -> (B, T, E); frame t only sees frames 0..t."""
-        length = x.shape[1]
-        inner, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, D, T) each
-        inner = self.act(self.conv1d(inner)[..., :length])
-        dt, B, C = self.x_proj(inner.transpose(1, 2)).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )
+        inner, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D) each
+        # Causal: d_conv - 1 frames of padding before, none after (the nn.Conv1d's padding, truncated).
+        inner = self.act(depthwise_conv_time_major(inner, self.conv1d, left=self.conv1d.kernel_size[0] - 1))
+        dt, B, C = self.x_proj(inner).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        inner, gate = inner.transpose(1, 2), gate.transpose(1, 2)  # (B, D, T), as the scans take them
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         scan = selective_scan
         if self.use_cuda_kernels and x.is_cuda:

@@ -16,6 +16,7 @@ Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's 
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
 from speechbrain.nnet.attention import PositionalwiseFeedForward
@@ -30,6 +31,7 @@ from speechbrain_ext.mixers._common import (
     relative_sinusoids,
     resolve_activation,
 )
+from speechbrain_ext.mixers.depthwise import depthwise_conv_time_major
 
 POSITION_BUILDERS = {"relative": relative_sinusoids, "absolute": absolute_sinusoids}
 
@@ -52,13 +54,25 @@ def masked_convolution(
     the (non-zero) bottleneck output of padded frames through the kernel: an utterance would
     encode differently alone and beside a longer one.
     """
-    out = module.bottleneck(module.layer_norm(x).transpose(1, 2))  # (B, E, T)
-    if key_padding_mask is not None:
-        out = out.masked_fill(key_padding_mask.unsqueeze(1), 0.0)
-    out = module.conv(out)
-    if module.causal:
-        out = out[..., : -module.padding]
-    out = module.after_conv(out.transpose(1, 2))
+    pointwise, glu = module.bottleneck
+    if module.dilation != 1 or not isinstance(glu, nn.GLU):  # SpeechBrain's own layout
+        out = module.bottleneck(module.layer_norm(x).transpose(1, 2))  # (B, E, T)
+        if key_padding_mask is not None:
+            out = out.masked_fill(key_padding_mask.unsqueeze(1), 0.0)
+        out = module.conv(out)
+        if module.causal:
+            out = out[..., : -module.padding]
+        out = out.transpose(1, 2)
+    else:
+        # The same layers on (B, T, E) frames, without transposed copies: the pointwise
+        # convolution is a linear layer and the depthwise one runs time-major.
+        out = F.glu(F.linear(module.layer_norm(x), pointwise.weight.squeeze(-1), pointwise.bias), dim=-1)
+        if key_padding_mask is not None:
+            out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        # SpeechBrain pads `padding` frames on both sides (then cuts the causal output's end): the
+        # output at t reads from t - padding on.
+        out = depthwise_conv_time_major(out, module.conv, left=module.padding)
+    out = module.after_conv(out)
     if key_padding_mask is not None:
         out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
     return out
