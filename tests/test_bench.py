@@ -73,3 +73,42 @@ def test_gpu_check_script_runs_end_to_end_as_a_dry_run_on_the_cpu(tmp_path):
     meta = json.loads((tmp_path / "large_train_80s" / "results.json").read_text())["meta"]
     assert "--mode train" in meta["command"] and "--size large" in meta["command"]
     assert "mamba_ssm kernels: no" in (tmp_path / "environment.txt").read_text()
+
+
+def write_results(folder, times, peak=1000.0):
+    """A bench results.csv with the given {(mixer, seconds): ms or None (failed)}."""
+    folder.mkdir(parents=True)
+    with open(folder / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["mixer", "seconds", "ms", "peak_mib", "status"])
+        writer.writeheader()
+        for (mixer, seconds), ms in times.items():
+            writer.writerow({"mixer": mixer, "seconds": seconds, "ms": "" if ms is None else ms,
+                             "peak_mib": peak, "status": "failed" if ms is None else "ok"})
+    return folder
+
+
+def test_report_states_each_target_from_the_ratios_of_one_run(tmp_path):
+    from speechbrain_ext.bench.report import fit_line, report
+
+    linear = ("hypermixing", "fastformer", "summarymixing", "mamba")
+    train = write_results(tmp_path / "train", {**{(m, 80.0): 2000.0 for m in linear}, ("mhsa", 80.0): 9000.0,
+                                               ("sb_RelPosMHAXL", 80.0): 10000.0, ("sb_hypermixing", 80.0): 2500.0})
+    encoder = write_results(tmp_path / "enc", {("mhsa", 80.0): 8000.0, ("mamba", 80.0): 1000.0,
+                                               ("hypermixing", 80.0): 900.0, ("sb_hypermixing", 80.0): 1000.0})
+    lengths = (10.0, 20.0, 40.0)
+    infer = write_results(tmp_path / "infer", {
+        **{(m, s): 10 * s + 5 for m in linear for s in lengths},
+        **{("sb_RelPosMHAXL", s): s * s for s in lengths},
+        **{("sb_hypermixing", s): (12 * s if s < 40 else None) for s in lengths},  # its positions fail at 40 s
+    })
+    text = report(train, infer, encoder)
+    # 10000 / 2000 = 5x >= 4x, but 2500 / 2000 = 1.25x < 1.5x: target 1 is not met, and says why
+    assert "| fastformer | 2000 | 5.00x | 1.25x | 1000 |" in text
+    assert "(slowest: 5.00x) and >= 1.5x stock hypermixing (slowest: 1.25x): **not met**" in text
+    # at 10 s, sb_RelPosMHAXL (100 ms) beats the linear mixers (105 ms); a failed stock point is no bar
+    assert "**not met** (behind: hypermixing at 10 s, fastformer at 10 s, summarymixing at 10 s, mamba at 10 s)" in text
+    assert "| mamba | 105 | 205 | 405 | 10.0 | 1.0000 | 1.98 |" in text
+    assert "| sb_hypermixing | 120 | 240 | failed |" in text
+    assert "Mamba 8.00x faster than mhsa (target 4x): met" in text and "our hypermixing 1.11x SpeechBrain's" in text
+    slope, intercept, r2 = fit_line([1, 2, 3, 4], [3, 5, 7, 9])
+    assert (round(slope, 6), round(intercept, 6), round(r2, 6)) == (2.0, 1.0, 1.0)
