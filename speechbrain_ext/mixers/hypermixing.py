@@ -107,13 +107,14 @@ class HyperMixing(nn.Module, SequenceMixer):
                 f"{self.d_model}), got {tuple(pos_embs.shape)}"
             )
         w1, w2 = self.hyper(x + pos_embs)  # (B, H, T, K) each
-        if valid is not None:
-            # Padded frames contribute no weights, so they are never mixed in.
-            w1 = w1 * valid.unsqueeze(1)
-            w2 = w2 * valid.unsqueeze(1)
         heads = x.reshape(batch, length, self.num_heads, self.d_model // self.num_heads)
+        # SpeechBrain zeroes the generated weights of padded frames. The same outputs, for less
+        # work: x is already zero there, so w1's rows never reach the hidden units, and zeroing
+        # the (B, T, E) output of padded frames is what zeroing w2's rows does.
         hidden = self.activation(torch.einsum("bthe,bhtk->bhek", heads, w1))
         out = torch.einsum("bhek,bhtk->bthe", hidden, w2).reshape(batch, length, self.d_model)
+        if valid is not None:
+            out = out * valid
         return self.layer_norm(out), None
 
 
