@@ -97,6 +97,7 @@ class Point:
     encoder_only: bool = False  # time the Conformer alone (no front-end, no head) on encoder frames
     warmup: int = 3
     repeats: int = 8
+    implementation: str = "fast"  # our models' front-end and dropouts (stock models: always SpeechBrain's)
     # Filled in by the measurement.
     ms: float | None = None
     peak_mib: float | None = None
@@ -119,7 +120,9 @@ def build_model(point: Point) -> nn.Module:
     mixer = point.mixer if stock is None else "fastformer"
     settings = {**paper_encoder_settings(point.size, mixer), "num_layers": layers if stock is None else 1,
                 "d_model": d_model, "mixer_kwargs": paper_mixer_kwargs(mixer, d_model), "init": "default",
-                "implementation": "fast" if stock is None else "speechbrain"}
+                # LayerDrop would skip random blocks in timed training steps (SpeechBrain's stock
+                # Conformer has none): every model runs all its layers.
+                "layerdrop_prob": 0.0, "implementation": point.implementation if stock is None else "speechbrain"}
     speech_encoder = SpeechEncoder(**settings)
     if stock is not None:
         speech_encoder.encoder = StockConformer(stock, layers, d_model, 2048, 8)
@@ -343,6 +346,9 @@ def main(argv: list[str] | None = None) -> list[Point]:
                         help="time the Conformer alone on encoder frames (no CNN front-end, no head)")
     parser.add_argument("--warmup", type=int, default=3 if gpu else 1)
     parser.add_argument("--repeats", type=int, default=8 if gpu else 3)
+    parser.add_argument("--implementation", choices=["fast", "speechbrain"], default="fast",
+                        help="our models' CNN front-end and dropouts (SpeechEncoder(implementation=...)); "
+                             "the stock models always use SpeechBrain's")
     parser.add_argument("--output", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
     unknown = [m for m in args.mixers if m not in MIXERS and m not in STOCK]
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
         parser.error(f"unknown mixers {unknown}; valid: {', '.join(list(MIXERS) + list(STOCK))}")
     points = [
         Point(mixer, seconds, args.size, args.batch, args.mode, args.dtype, args.device, args.layers, args.d_model,
-              args.encoder_only, args.warmup, args.repeats)
+              args.encoder_only, args.warmup, args.repeats, args.implementation)
         for mixer in args.mixers for seconds in args.seconds
     ]
     command = "python -m speechbrain_ext.bench " + " ".join(argv if argv is not None else sys.argv[1:])
