@@ -101,3 +101,27 @@ def test_a_bench_point_runs_on_cuda():
                           warmup=1, repeats=2))
     assert point.status == "ok", point.error
     assert point.ms > 0 and point.peak_mib > point.model_mib > 0
+
+
+@needs_cuda
+def test_speech_encoder_fast_implementation_on_cuda_equals_the_cpu():
+    # The fast front-end's channels-last convolutions run on cuDNN there, the depthwise ones fall
+    # back to F.conv1d and dropout to F.dropout: the same encoding as on the CPU.
+    from speechbrain_ext.bestrq import SpeechEncoder
+
+    torch.manual_seed(0)
+    encoder = SpeechEncoder("mamba", num_layers=2, d_model=64, d_ffn=128, nhead=4).eval()
+    wavs, lens = torch.randn(2, 32000), torch.tensor([1.0, 0.55])
+    with torch.no_grad():
+        expected = encoder(wavs, lens).out
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            got = encoder.cuda()(wavs.cuda(), lens.cuda()).out.cpu()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    encoder.train()
+    encoder(wavs.cuda(), lens.cuda()).out.pow(2).mean().backward()  # dropout on CUDA: F.dropout
+    grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
