@@ -1,12 +1,15 @@
-"""The pure-PyTorch selective scan against a step-by-step float64 recurrence."""
+"""The selective scan (PyTorch chunks and fused numba kernels) against a step-by-step float64 recurrence."""
 
 import pytest
 import torch
 from conftest import LargestTensor
 
-from speechbrain_ext.mixers import BidirectionalMamba, MambaBlock
+from speechbrain_ext.mixers import BidirectionalMamba, MambaBlock, scan
 from speechbrain_ext.mixers.mamba import reverse_valid_frames
 from speechbrain_ext.mixers.scan import selective_scan, selective_scan_ref
+
+# Both implementations of the scan: PyTorch ops, and the numba kernels (numba is a dev dependency).
+FUSED = [pytest.param(False, id="pytorch"), pytest.param(True, id="numba")]
 
 
 def scan_inputs(batch=2, channels=6, states=4, length=37, dtype=torch.float64):
@@ -24,22 +27,24 @@ def scan_inputs(batch=2, channels=6, states=4, length=37, dtype=torch.float64):
     return {name: t.to(dtype).requires_grad_() for name, t in tensors.items()}
 
 
-def test_chunked_scan_gradcheck():
+@pytest.mark.parametrize("fused", FUSED)
+def test_chunked_scan_gradcheck(fused):
     """float64 gradcheck of the chunked autograd function (through selective_scan), 3 chunks of 3."""
     inputs = scan_inputs(batch=2, channels=3, states=2, length=8)
     names = list(inputs)
 
-    def scan(*tensors):
-        return selective_scan(**dict(zip(names, tensors)), delta_softplus=True, chunk_size=3)
+    def run(*tensors):
+        return selective_scan(**dict(zip(names, tensors)), delta_softplus=True, chunk_size=3, fused=fused)
 
-    assert torch.autograd.gradcheck(scan, tuple(inputs.values()))
+    assert torch.autograd.gradcheck(run, tuple(inputs.values()))
 
 
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("length", [1, 2, 37])
-def test_scan_matches_reference_forward_and_backward(length):
+def test_scan_matches_reference_forward_and_backward(length, fused):
     fast_inputs = scan_inputs(length=length)
     ref_inputs = {k: v.detach().clone().requires_grad_() for k, v in fast_inputs.items()}
-    fast = selective_scan(**fast_inputs, delta_softplus=True)
+    fast = selective_scan(**fast_inputs, delta_softplus=True, fused=fused)
     ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
     torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
     upstream = torch.randn_like(fast)
@@ -49,12 +54,13 @@ def test_scan_matches_reference_forward_and_backward(length):
         torch.testing.assert_close(fast_inputs[name].grad, ref_inputs[name].grad, atol=1e-9, rtol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("length, chunk_size", [(130, 16), (257, 16), (64, 16), (5, 1)])
-def test_chunked_scan_matches_reference_across_chunks(length, chunk_size):
+def test_chunked_scan_matches_reference_across_chunks(length, chunk_size, fused):
     """Lengths that are and are not multiples of the chunk, over many chunks, forward and backward."""
     fast_inputs = scan_inputs(length=length)
     ref_inputs = {k: v.detach().clone().requires_grad_() for k, v in fast_inputs.items()}
-    fast = selective_scan(**fast_inputs, delta_softplus=True, chunk_size=chunk_size)
+    fast = selective_scan(**fast_inputs, delta_softplus=True, chunk_size=chunk_size, fused=fused)
     ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
     torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
     upstream = torch.randn_like(fast)
@@ -64,12 +70,13 @@ def test_chunked_scan_matches_reference_across_chunks(length, chunk_size):
         torch.testing.assert_close(fast_inputs[name].grad, ref_inputs[name].grad, atol=1e-9, rtol=1e-9, msg=name)
 
 
-def test_scan_never_builds_states_of_every_step():
+@pytest.mark.parametrize("fused", FUSED)
+def test_scan_never_builds_states_of_every_step(fused):
     """No (B, D, N, L)-sized tensor in forward or backward: only chunks and chunk boundaries."""
     batch, channels, states, length = 2, 8, 4, 512
     inputs = scan_inputs(batch=batch, channels=channels, states=states, length=length, dtype=torch.float32)
     with LargestTensor() as recorder:
-        selective_scan(**inputs, delta_softplus=True, chunk_size=16).sum().backward()
+        selective_scan(**inputs, delta_softplus=True, chunk_size=16, fused=fused).sum().backward()
     assert recorder.numel <= batch * channels * length, (recorder.numel, recorder.op)
 
 
@@ -79,13 +86,73 @@ def test_scan_rejects_a_chunk_size_below_one():
         selective_scan(**inputs, chunk_size=0)
 
 
-def test_scan_float32_close_to_float64_reference():
+@pytest.mark.parametrize("fused", FUSED)
+def test_scan_float32_close_to_float64_reference(fused):
     inputs64 = scan_inputs(length=200)
     inputs32 = {k: v.detach().float() for k, v in inputs64.items()}
     ref = selective_scan_ref(**{k: v.detach() for k, v in inputs64.items()}, delta_softplus=True)
-    fast = selective_scan(**inputs32, delta_softplus=True)
+    fast = selective_scan(**inputs32, delta_softplus=True, fused=fused)
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+def mamba_sized_inputs(channels, length=300, states=16):
+    """Inputs as a MambaBlock builds them: A = -(1..N), softplus step sizes around 0.01-0.1."""
+    inputs = scan_inputs(batch=2, channels=channels, states=states, length=length, dtype=torch.float32)
+    with torch.no_grad():
+        inputs["A"].copy_(-torch.arange(1.0, states + 1).repeat(channels, 1))
+        inputs["delta"].mul_(0.5).sub_(3.0)
+    return inputs
+
+
+@pytest.mark.parametrize("channels", [256, 200])  # two full blocks of 128 channels; one full and one partial
+def test_fused_scan_equals_pytorch_scan_at_mamba_sizes(channels):
+    """float32, N = 16, several channel blocks: the two implementations agree in outputs and gradients."""
+    inputs = mamba_sized_inputs(channels)
+    results = []
+    for fused in (False, True):
+        copies = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        out = selective_scan(**copies, delta_softplus=True, fused=fused)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, {k: v.grad for k, v in copies.items()}))
+    (out_torch, grads_torch), (out_fused, grads_fused) = results
+    torch.testing.assert_close(out_fused, out_torch, rtol=1e-4, atol=1e-5)
+    for name in inputs:
+        torch.testing.assert_close(grads_fused[name], grads_torch[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_fused_scan_with_decays_below_the_smallest_float():
+    """exp(delta A) under 2**-126 (A = -500): the kernels take 2**-126, which changes nothing visible."""
+    inputs = scan_inputs(length=40)
+    with torch.no_grad():
+        inputs["A"].mul_(250.0)
+    fused = selective_scan(**inputs, delta_softplus=True, fused=True)
+    torch.testing.assert_close(fused, selective_scan_ref(**inputs, delta_softplus=True), atol=1e-10, rtol=1e-10)
+
+
+def test_fused_scan_refuses_growing_states_and_auto_falls_back():
+    """Decays above 1 (A > 0, or a negative delta without softplus) are not the kernels' domain:
+    fused=True says why; fused=None runs the PyTorch scan and still matches the reference."""
+    inputs = scan_inputs(length=20)
+    positive_A = {**inputs, "A": inputs["A"].detach().abs()}
+    with pytest.raises(ValueError, match=r"fused=True cannot run: it needs A <= 0"):
+        selective_scan(**positive_A, delta_softplus=True, fused=True)
+    with pytest.raises(ValueError, match=r"it needs delta >= 0"):
+        selective_scan(**inputs, delta_softplus=False, fused=True)
+    for case, softplus in ((positive_A, True), (inputs, False)):
+        torch.testing.assert_close(selective_scan(**case, delta_softplus=softplus),
+                                   selective_scan_ref(**case, delta_softplus=softplus), atol=1e-10, rtol=1e-10)
+
+
+def test_scan_without_numba_runs_on_pytorch(monkeypatch):
+    """A machine without numba: the default runs the PyTorch scan; fused=True says what to install."""
+    inputs = scan_inputs(length=20)
+    monkeypatch.setattr(scan, "numba_kernels", lambda: None)
+    monkeypatch.setattr(scan._FusedSelectiveScan, "apply", lambda *args: pytest.fail("fused scan called"))
+    torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True),
+                               selective_scan_ref(**inputs, delta_softplus=True), atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"numba is not installed \(pip install speechbrain_ext\[cpu\]\)"):
+        selective_scan(**inputs, delta_softplus=True, fused=True)
 
 
 def test_mamba_block_is_causal():

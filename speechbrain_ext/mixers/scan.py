@@ -17,11 +17,16 @@ Both take the arguments of ``mamba_ssm.ops.selective_scan_interface.selective_sc
 (real A, time-varying B and C).
 """
 
+import functools
+import logging
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 LOG2_E = math.log2(math.e)
 
@@ -149,6 +154,79 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None
 
 
+class _FusedSelectiveScan(torch.autograd.Function):
+    """:class:`_ChunkedSelectiveScan` (same arguments, layouts and saved state) on the fused
+    numba kernels of :mod:`speechbrain_ext.mixers.scan_numba`: one pass forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size):
+        kernels = numba_kernels()
+        length, batch, channels = u.shape
+        states = A.shape[0]
+        A_log2 = A * LOG2_E
+        drive_scale = delta * u
+        y = u.new_empty(length, batch, channels)
+        boundaries = u.new_empty(max(-(-length // chunk_size) - 1, 0), batch, states, channels)
+        constants = kernels.coefficients(_numpy_dtype(u))
+        kernels.forward(*_arrays(delta, drive_scale, A_log2, B, C), constants, chunk_size, *_arrays(y, boundaries))
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(u, delta, A, B, C, boundaries)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        kernels = numba_kernels()
+        u, delta, A, B, C, boundaries = ctx.saved_tensors
+        length, batch, channels = u.shape
+        states = A.shape[0]
+        chunk_size = min(ctx.chunk_size, length)
+        blocks = kernels.blocks(channels)
+        width = min(kernels.BLOCK, channels)
+        drive_scale = delta * u
+        # Per block of channels: the sums over channels (blocks, L, B, N) and dL/dA per utterance.
+        grad_B_parts = B.new_empty(blocks, *B.shape)
+        grad_C_parts = B.new_empty(blocks, *B.shape)
+        grad_A_parts = u.new_empty(batch, states, channels)
+        grad_drive_scale = torch.empty_like(u)  # sum_n g_h * B, the gradient of delta * u
+        grad_delta_decay = torch.empty_like(u)  # sum_n (dL/d decay) * decay * A
+        state_scratch = u.new_empty(batch * blocks, chunk_size + 1, states, width)
+        decay_scratch = u.new_empty(batch * blocks, chunk_size, states, width)
+        kernels.backward(
+            *_arrays(delta, drive_scale, A * LOG2_E, A, B, C), kernels.coefficients(_numpy_dtype(u)), ctx.chunk_size,
+            *_arrays(boundaries, grad_y.contiguous(), grad_B_parts, grad_C_parts, grad_drive_scale, grad_delta_decay,
+                     grad_A_parts, state_scratch, decay_scratch),
+        )
+        grad_u = grad_drive_scale * delta
+        grad_delta = torch.addcmul(grad_delta_decay, grad_drive_scale, u)
+        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B_parts.sum(0), grad_C_parts.sum(0), None
+
+
+def _arrays(*tensors):
+    """NumPy views of contiguous CPU tensors' memory, for the numba kernels."""
+    return [tensor.detach().numpy() for tensor in tensors]
+
+
+def _numpy_dtype(tensor):
+    return np.float64 if tensor.dtype == torch.float64 else np.float32
+
+
+@functools.lru_cache(maxsize=1)
+def numba_kernels():
+    """:mod:`speechbrain_ext.mixers.scan_numba`, compiled and checked, or None where numba is
+    missing or fails (the scan then runs on PyTorch ops)."""
+    try:
+        from speechbrain_ext.mixers import scan_numba
+
+        scan_numba.self_check()
+    except ImportError:
+        logger.debug("numba is not installed: the selective scan runs on PyTorch ops")
+        return None
+    except Exception as error:  # noqa: BLE001 - a failing compiler falls back to PyTorch, loudly
+        logger.warning("the numba scan kernels failed (%s): the selective scan runs on PyTorch ops", error)
+        return None
+    return scan_numba
+
+
 class _ChunkBuffers:
     """``count`` reusable (K, B, N, D) buffers for the chunks of a (L, B, D) sequence.
 
@@ -192,6 +270,7 @@ def selective_scan(
     delta_softplus: bool = False,
     *,
     chunk_size: int = 32,
+    fused: Optional[bool] = None,
 ) -> torch.Tensor:
     """Selective scan in float32 (float64 for float64 ``u``) on any device, differentiable in every input.
 
@@ -212,6 +291,10 @@ def selective_scan(
     chunk_size : int
         Time steps per chunk, K: the scan holds (K, B, D, N) tensors and one (B, D, N) state per
         chunk, never the (L, B, D, N) states; the result does not depend on it.
+    fused : bool, optional
+        Run the scan on the fused numba kernels of :mod:`speechbrain_ext.mixers.scan_numba`
+        (CPU, decays at most 1: ``A <= 0`` and a non-negative ``delta``). None: wherever they
+        apply and numba is installed; False: PyTorch ops; True: the kernels, or an error.
 
     Returns
     -------
@@ -238,12 +321,30 @@ def selective_scan(
             delta = delta + delta_bias.to(dtype)
         if delta_softplus:
             delta = F.softplus(delta)
-        y = _ChunkedSelectiveScan.apply(u, delta, A.to(dtype).t().contiguous(), B, C, chunk_size)
+        A = A.to(dtype).t().contiguous()
+        scan = _FusedSelectiveScan if _use_fused(fused, u, delta, A, delta_softplus) else _ChunkedSelectiveScan
+        y = scan.apply(u, delta, A, B, C, chunk_size)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
         if z is not None:
             y = y * F.silu(z.to(dtype).permute(2, 0, 1).contiguous())
     return y.permute(1, 2, 0).to(out_dtype)
+
+
+def _use_fused(fused: Optional[bool], u, delta, A, delta_softplus: bool) -> bool:
+    if fused is False:
+        return False
+    # The kernels' exp2 takes arguments <= 0. softplus makes delta >= 0; else it is checked.
+    problem = ("it runs on the CPU only" if u.device.type != "cpu"
+               else "it needs A <= 0" if bool((A > 0).any())
+               else "it needs delta >= 0" if not delta_softplus and bool((delta < 0).any()) else None)
+    if problem is None and numba_kernels() is None:
+        problem = "numba is not installed (pip install speechbrain_ext[cpu]) or failed to compile"
+    if problem is not None and fused:
+        raise ValueError(f"selective_scan: fused=True cannot run: {problem}")
+    if problem is None:
+        numba_kernels().set_threads(torch.get_num_threads())  # follow torch.set_num_threads
+    return problem is None
 
 
 def selective_scan_ref(
