@@ -155,17 +155,18 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
-    """:class:`_ChunkedSelectiveScan` (same arguments, layouts and saved state) on the fused
-    numba kernels of :mod:`speechbrain_ext.mixers.scan_numba`: one pass forward, one backward."""
+    """:class:`_ChunkedSelectiveScan` on the fused numba kernels of
+    :mod:`speechbrain_ext.mixers.scan_numba`, one pass forward and one backward, in batch-first
+    layouts: u, delta (B, L, D); A (N, D); B, C (B, L, N); returns y (B, L, D). It saves the same."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_size):
         kernels = numba_kernels()
-        length, batch, channels = u.shape
+        batch, length, channels = u.shape
         states = A.shape[0]
         A_log2 = A * LOG2_E
         drive_scale = delta * u
-        y = u.new_empty(length, batch, channels)
+        y = torch.empty_like(u)
         boundaries = u.new_empty(max(-(-length // chunk_size) - 1, 0), batch, states, channels)
         constants = kernels.coefficients(_numpy_dtype(u))
         kernels.forward(*_arrays(delta, drive_scale, A_log2, B, C), constants, chunk_size, *_arrays(y, boundaries))
@@ -177,13 +178,13 @@ class _FusedSelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y):
         kernels = numba_kernels()
         u, delta, A, B, C, boundaries = ctx.saved_tensors
-        length, batch, channels = u.shape
+        batch, length, channels = u.shape
         states = A.shape[0]
         chunk_size = min(ctx.chunk_size, length)
         blocks = kernels.blocks(channels)
         width = min(kernels.BLOCK, channels)
         drive_scale = delta * u
-        # Per block of channels: the sums over channels (blocks, L, B, N) and dL/dA per utterance.
+        # Per block of channels: the sums over channels (blocks, B, L, N) and dL/dA per utterance.
         grad_B_parts = B.new_empty(blocks, *B.shape)
         grad_C_parts = B.new_empty(blocks, *B.shape)
         grad_A_parts = u.new_empty(batch, states, channels)
@@ -314,21 +315,26 @@ def selective_scan(
     out_dtype = u.dtype
     with torch.autocast(device_type=u.device.type, enabled=False):
         dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-        # Time first, (L, B, D): each step of the scan is then one contiguous block. All the
-        # elementwise work stays in that layout, so autograd never mixes transposed operands.
-        u, delta, B, C = (t.to(dtype).permute(2, 0, 1).contiguous() for t in (u, delta, B, C))
+        A = A.to(dtype).t().contiguous()
+        if _use_fused(fused, u, delta, A, delta_softplus):
+            # Batch first, (B, L, D): MambaBlock's (B, T, D) activations seen as (B, D, L) are then
+            # used as they are, without a transposed copy in or out.
+            scan, layout, inverse = _FusedSelectiveScan, (0, 2, 1), (0, 2, 1)
+        else:
+            # Time first, (L, B, D): each step of the PyTorch scan is then one contiguous block.
+            scan, layout, inverse = _ChunkedSelectiveScan, (2, 0, 1), (1, 2, 0)
+        # All the elementwise work stays in the scan's layout, so autograd never mixes transposed operands.
+        u, delta, B, C = (t.to(dtype).permute(*layout).contiguous() for t in (u, delta, B, C))
         if delta_bias is not None:
             delta = delta + delta_bias.to(dtype)
         if delta_softplus:
             delta = F.softplus(delta)
-        A = A.to(dtype).t().contiguous()
-        scan = _FusedSelectiveScan if _use_fused(fused, u, delta, A, delta_softplus) else _ChunkedSelectiveScan
         y = scan.apply(u, delta, A, B, C, chunk_size)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
         if z is not None:
-            y = y * F.silu(z.to(dtype).permute(2, 0, 1).contiguous())
-    return y.permute(1, 2, 0).to(out_dtype)
+            y = y * F.silu(z.to(dtype).permute(*layout).contiguous())
+    return y.permute(*inverse).to(out_dtype)
 
 
 def _use_fused(fused: Optional[bool], u, delta, A, delta_softplus: bool) -> bool:

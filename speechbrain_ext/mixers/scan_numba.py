@@ -86,10 +86,10 @@ jit = functools.partial(njit, parallel=True, fastmath=FASTMATH, cache=True, nogi
 def forward(delta, drive_scale, A2, B, C, coefficients, chunk, y, boundaries):  # pragma: no cover - compiled
     """y_t = <h_t, C_t>, h_t = exp2(delta_t A2) h_{t-1} + B_t drive_scale_t, h_{-1} = 0.
 
-    delta, drive_scale (L, B, D); A2 (N, D), A log2(e); B, C (L, B, N); y (L, B, D) out;
+    Batch first: delta, drive_scale (B, L, D); A2 (N, D), A log2(e); B, C (B, L, N); y (B, L, D) out;
     boundaries (ceil(L / chunk) - 1, B, N, D) out: the state after every chunk but the last.
     """
-    length, batch, channels = delta.shape
+    batch, length, channels = delta.shape
     states = A2.shape[0]
     count = (channels + BLOCK - 1) // BLOCK
     for job in prange(batch * count):
@@ -102,19 +102,19 @@ def forward(delta, drive_scale, A2, B, C, coefficients, chunk, y, boundaries):  
         bits = np.empty(width, dtype=np.int32)
         powers = bits.view(np.float32)
         for t in range(length):
-            x = drive_scale[t, b, d0:d0 + width]
-            dt = delta[t, b, d0:d0 + width]
+            x = drive_scale[b, t, d0:d0 + width]
+            dt = delta[b, t, d0:d0 + width]
             out[:] = 0.0
             for n in range(states):
                 decay_row(dt, A2[n, d0:d0 + width], coefficients, decay, bits, powers, width)
-                bn = B[t, b, n]
-                cn = C[t, b, n]
+                bn = B[b, t, n]
+                cn = C[b, t, n]
                 hn = h[n]
                 for j in range(width):
                     value = decay[j] * hn[j] + bn * x[j]
                     hn[j] = value
                     out[j] += cn * value
-            y[t, b, d0:d0 + width] = out
+            y[b, t, d0:d0 + width] = out
             if (t + 1) % chunk == 0 and t + 1 < length:
                 boundaries[(t + 1) // chunk - 1, b, :, d0:d0 + width] = h
 
@@ -126,10 +126,10 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
 
     Each chunk's states are recomputed from its boundary, then the walk goes back:
     g_h_t = C_t g_y_t + decay_{t+1} g_h_{t+1}. Sums over channels are per block of
-    channels, in ``grad_B_parts`` / ``grad_C_parts`` (blocks, L, B, N); ``grad_A_parts``
+    channels, in ``grad_B_parts`` / ``grad_C_parts`` (blocks, B, L, N); ``grad_A_parts``
     (B, N, D) is per utterance. Scratch (B * blocks, chunk + 1 / chunk, N, <= BLOCK).
     """
-    length, batch, channels = delta.shape
+    batch, length, channels = delta.shape
     states = A2.shape[0]
     count = (channels + BLOCK - 1) // BLOCK
     chunks = (length + chunk - 1) // chunk
@@ -156,13 +156,13 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
                 hs[0, :, :width] = boundaries[c - 1, b, :, d0:d0 + width]
             for s in range(steps):
                 t = start + s
-                x = drive_scale[t, b, d0:d0 + width]
-                gy = grad_y[t, b, d0:d0 + width]
-                dt = delta[t, b, d0:d0 + width]
+                x = drive_scale[b, t, d0:d0 + width]
+                gy = grad_y[b, t, d0:d0 + width]
+                dt = delta[b, t, d0:d0 + width]
                 for n in range(states):
                     decay = decays[s, n]
                     decay_row(dt, A2[n, d0:d0 + width], coefficients, decay, bits, powers, width)
-                    bn = B[t, b, n]
+                    bn = B[b, t, n]
                     previous = hs[s, n]
                     current = hs[s + 1, n]
                     total = zero
@@ -170,17 +170,17 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
                         value = decay[j] * previous[j] + bn * x[j]
                         current[j] = value
                         total += gy[j] * value
-                    grad_C_parts[block, t, b, n] = total
+                    grad_C_parts[block, b, t, n] = total
             for s in range(steps - 1, -1, -1):
                 t = start + s
-                x = drive_scale[t, b, d0:d0 + width]
-                gy = grad_y[t, b, d0:d0 + width]
-                dt = delta[t, b, d0:d0 + width]
+                x = drive_scale[b, t, d0:d0 + width]
+                gy = grad_y[b, t, d0:d0 + width]
+                dt = delta[b, t, d0:d0 + width]
                 grad_x[:] = 0.0
                 grad_dd[:] = 0.0
                 for n in range(states):
-                    bn = B[t, b, n]
-                    cn = C[t, b, n]
+                    bn = B[b, t, n]
+                    cn = C[b, t, n]
                     decay = decays[s, n]
                     previous = hs[s, n]
                     gn = g[n]
@@ -198,9 +198,9 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
                         grad_dd[j] += an[j] * scaled
                         grad_an[j] += dt[j] * scaled
                         gn[j] = grad_h * decay[j]
-                    grad_B_parts[block, t, b, n] = total
-                grad_drive_scale[t, b, d0:d0 + width] = grad_x
-                grad_delta_decay[t, b, d0:d0 + width] = grad_dd
+                    grad_B_parts[block, b, t, n] = total
+                grad_drive_scale[b, t, d0:d0 + width] = grad_x
+                grad_delta_decay[b, t, d0:d0 + width] = grad_dd
         grad_A_parts[b, :, d0:d0 + width] = grad_a
 
 
@@ -214,16 +214,16 @@ def self_check() -> None:
     """Compiles both kernels for float32 and float64 on a tiny input and checks one forward."""
     for dtype in (np.float32, np.float64):
         length, batch, states, channels, chunk = 3, 1, 2, 3, 2
-        delta = np.full((length, batch, channels), 1.0, dtype)
-        drive = np.ones((length, batch, channels), dtype)
-        proj = np.ones((length, batch, states), dtype)
+        delta = np.full((batch, length, channels), 1.0, dtype)
+        drive = np.ones((batch, length, channels), dtype)
+        proj = np.ones((batch, length, states), dtype)
         A2 = np.full((states, channels), -1.0, dtype)  # decays of 1/2
         y = np.empty_like(drive)
         boundaries = np.empty((1, batch, states, channels), dtype)
         forward(delta, drive, A2, proj, proj, coefficients(dtype), chunk, y, boundaries)
-        if not np.allclose(y[:, 0, 0], [2.0, 3.0, 3.5]):  # h = 1, 1.5, 1.75 per state, two states
-            raise RuntimeError(f"numba scan kernel self-check failed: {y[:, 0, 0]}")
-        parts = np.empty((1, length, batch, states), dtype)
+        if not np.allclose(y[0, :, 0], [2.0, 3.0, 3.5]):  # h = 1, 1.5, 1.75 per state, two states
+            raise RuntimeError(f"numba scan kernel self-check failed: {y[0, :, 0]}")
+        parts = np.empty((1, batch, length, states), dtype)
         backward(delta, drive, A2, A2, proj, proj, coefficients(dtype), chunk, boundaries, drive,
                           parts, parts.copy(), np.empty_like(drive), np.empty_like(drive),
                           np.empty((batch, states, channels), dtype), np.empty((1, chunk + 1, states, channels), dtype),
