@@ -3,6 +3,7 @@
     python benchmarks/scan_cpu.py                            # this tree's scan, default chunk size
     python benchmarks/scan_cpu.py --chunk-sizes 16 32 64 128 # sweep the chunk size
     python benchmarks/scan_cpu.py --baseline old_scan.py     # also a saved copy of scan.py, interleaved
+    python benchmarks/scan_cpu.py --implementations          # the PyTorch scan against the fused numba kernels
 
 Variants run interleaved, repeat after repeat, so that a noisy machine slows them alike; compare
 the ratios. ``--rss`` also runs one forward + backward per variant in a fresh process and prints
@@ -31,6 +32,10 @@ def variants(args):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         found["baseline"] = module.selective_scan
+    if args.implementations:
+        found["pytorch"] = functools.partial(selective_scan, fused=False)
+        found["numba"] = functools.partial(selective_scan, fused=True)
+        return found
     for chunk_size in args.chunk_sizes or [None]:
         if chunk_size is None:
             found["current"] = selective_scan
@@ -66,6 +71,8 @@ def peak_rss_mib(args, name, length):
         command += ["--baseline", args.baseline]
     if args.chunk_sizes:
         command += ["--chunk-sizes", *map(str, args.chunk_sizes)]
+    if args.implementations:
+        command += ["--implementations"]
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
@@ -73,6 +80,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="a saved scan.py to time beside this tree's")
     parser.add_argument("--chunk-sizes", type=int, nargs="*")
+    parser.add_argument("--implementations", action="store_true",
+                        help="time selective_scan(fused=False) and (fused=True) instead of chunk sizes")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2000, 250])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=256)

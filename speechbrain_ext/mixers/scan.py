@@ -1,4 +1,4 @@
-"""Pure-PyTorch selective scan: the maths of Mamba's ``selective_scan_fn`` without CUDA.
+"""Selective scan without CUDA: the maths of Mamba's ``selective_scan_fn`` on the CPU (or any device).
 
 Mamba (Gu & Dao 2023, https://arxiv.org/abs/2312.00752) runs, per channel d and state n,
 
@@ -12,8 +12,10 @@ builds the decays and drives of one chunk at a time (cache-sized), runs the recu
 fused multiply-add per step, contracts the chunk with C, and keeps only the state at each chunk
 boundary. Its backward walks the chunks in reverse, recomputes each chunk's states from its
 boundary state and runs the reverse recurrence, so memory is O(B D L + B D N (L / K + K)) and
-time is linear in L. ``selective_scan_ref`` is the step-by-step reference used by the tests.
-Both take the arguments of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
+time is linear in L. On the CPU, where numba is installed, the same algorithm runs on the fused
+kernels of :mod:`speechbrain_ext.mixers.scan_numba` instead (one pass each way, about 3x faster;
+``fused=False`` forces the PyTorch ops). ``selective_scan_ref`` is the step-by-step reference used
+by the tests. All take the arguments of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
 (real A, time-varying B and C).
 """
 
