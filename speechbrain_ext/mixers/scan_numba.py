@@ -9,10 +9,10 @@ are computed in the same loop, nothing of size (L, B, N, D) is ever written. Mem
 PyTorch scan: the forward keeps the state at every ``chunk``-th step, the backward recomputes each
 chunk's states from it.
 
-The decays use their own exp2 (a degree-13 polynomial after range reduction, relative error below
-1e-16; numba's ``exp`` is a scalar libm call without Intel's SVML), so the kernels require decays
-of at most 1 (``A <= 0`` and ``delta >= 0``, as in Mamba). Decays below 2**-126 (about 1e-38)
-are taken as 2**-126.
+The decays use their own exp2 (a degree-13 polynomial after range reduction in float64, relative
+error below 1e-16, degree 7 in float32; numba's ``exp`` is a scalar libm call without Intel's
+SVML), so the kernels require decays of at most 1 (``A <= 0`` and ``delta >= 0``, as in Mamba).
+Decays below 2**-126 (about 1e-38) are taken as 2**-126.
 
 Importing this module needs numba (``pip install speechbrain_ext[cpu]``); numba compiles the
 kernels on first use (about 30 s) and caches them on disk. :func:`speechbrain_ext.mixers.scan.numba_kernels`
@@ -35,9 +35,9 @@ BLOCK = 128
 # non-finite input gives a non-finite output as in PyTorch.
 FASTMATH = {"contract", "reassoc", "nsz"}
 # exp2(v) = 2**k * exp(r ln 2), k = round(v), |r| <= 1/2: Taylor coefficients of exp up to
-# degree 13, whose remainder is below 4e-18 relative for |r ln 2| <= 0.347; then ln 2, the
-# smallest k (2**k stays a normal float32 for k >= -126) and 1/2. One array, in the kernels'
-# dtype, so that float32 kernels compute in float32.
+# degree 13 (remainder below 4e-18 relative for |r ln 2| <= 0.347; float32 stops at degree 7,
+# below 6e-9); then ln 2, the smallest k (2**k stays a normal float32 for k >= -126), 1/2, and
+# 1 for float64's degree. One array, in the kernels' dtype, so float32 kernels compute in float32.
 EXP2_CONSTANTS = np.array([1.0 / math.factorial(k) for k in range(14)] + [math.log(2.0), -126.0, 0.5])
 
 
@@ -57,26 +57,41 @@ def decay_row(delta, a2, coefficients, out, bits, powers, width):  # pragma: no 
                                   coefficients[4], coefficients[5], coefficients[6])
     c7, c8, c9, c10, c11, c12, c13 = (coefficients[7], coefficients[8], coefficients[9], coefficients[10],
                                       coefficients[11], coefficients[12], coefficients[13])
-    ln2, lowest, half = coefficients[14], coefficients[15], coefficients[16]
-    for j in range(width):
-        v = delta[j] * a2[j]
-        v = v if v > lowest else lowest
-        k = np.floor(v + half)
-        r = (v - k) * ln2
-        p = c13 * r + c12
-        p = p * r + c11
-        p = p * r + c10
-        p = p * r + c9
-        p = p * r + c8
-        p = p * r + c7
-        p = p * r + c6
-        p = p * r + c5
-        p = p * r + c4
-        p = p * r + c3
-        p = p * r + c2
-        p = p * r + c1
-        out[j] = p * r + c0
-        bits[j] = (np.int32(k) + np.int32(127)) << 23
+    ln2, lowest, half, double = coefficients[14], coefficients[15], coefficients[16], coefficients[17]
+    if double:  # degree 13: float64's precision
+        for j in range(width):
+            v = delta[j] * a2[j]
+            v = v if v > lowest else lowest
+            k = np.floor(v + half)
+            r = (v - k) * ln2
+            p = c13 * r + c12
+            p = p * r + c11
+            p = p * r + c10
+            p = p * r + c9
+            p = p * r + c8
+            p = p * r + c7
+            p = p * r + c6
+            p = p * r + c5
+            p = p * r + c4
+            p = p * r + c3
+            p = p * r + c2
+            p = p * r + c1
+            out[j] = p * r + c0
+            bits[j] = (np.int32(k) + np.int32(127)) << 23
+    else:  # degree 7, remainder below 6e-9: float32's precision at half the work
+        for j in range(width):
+            v = delta[j] * a2[j]
+            v = v if v > lowest else lowest
+            k = np.floor(v + half)
+            r = (v - k) * ln2
+            p = c7 * r + c6
+            p = p * r + c5
+            p = p * r + c4
+            p = p * r + c3
+            p = p * r + c2
+            p = p * r + c1
+            out[j] = p * r + c0
+            bits[j] = (np.int32(k) + np.int32(127)) << 23
     for j in range(width):
         out[j] *= powers[j]
 
@@ -207,7 +222,7 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
 
 def coefficients(dtype) -> np.ndarray:
     """The exp2 constants in ``dtype`` (the kernels compute in their input's dtype)."""
-    return EXP2_CONSTANTS.astype(dtype)
+    return np.append(EXP2_CONSTANTS, 1.0 if dtype == np.float64 else 0.0).astype(dtype)
 
 
 def self_check() -> None:
