@@ -57,7 +57,8 @@ setup(
         "plot": ["matplotlib>=3.8"],
         # use_tensorboard=True in the BEST-RQ recipes.
         "tensorboard": ["tensorboard>=2.15"],
-        # The selective scan's fused CPU kernels (Mamba on the CPU about 2x faster); without it, PyTorch ops.
+        # The selective scan's fused CPU kernels (a Mamba training step on the CPU about 1.5x faster);
+        # without it, PyTorch ops.
         "cpu": ["numba>=0.60"],
         # Compiles CUDA kernels from source: only on a CUDA machine.
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

@@ -139,7 +139,11 @@ def test_fused_scan_refuses_growing_states_and_auto_falls_back():
         selective_scan(**positive_A, delta_softplus=True, fused=True)
     with pytest.raises(ValueError, match=r"it needs delta >= 0"):
         selective_scan(**inputs, delta_softplus=False, fused=True)
-    for case, softplus in ((positive_A, True), (inputs, False)):
+    # delta >= 0 but delta + delta_bias < 0: the bias counts
+    shifted = {**inputs, "delta": inputs["delta"].detach().abs(), "delta_bias": inputs["delta_bias"].detach() - 10.0}
+    with pytest.raises(ValueError, match=r"it needs delta >= 0"):
+        selective_scan(**shifted, delta_softplus=False, fused=True)
+    for case, softplus in ((positive_A, True), (inputs, False), (shifted, False)):
         torch.testing.assert_close(selective_scan(**case, delta_softplus=softplus),
                                    selective_scan_ref(**case, delta_softplus=softplus), atol=1e-10, rtol=1e-10)
 
