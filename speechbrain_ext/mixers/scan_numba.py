@@ -219,7 +219,6 @@ def backward(delta, drive_scale, A2, A, B, C, coefficients, chunk, boundaries, g
         grad_A_parts[b, :, d0:d0 + width] = grad_a
 
 
-
 def coefficients(dtype) -> np.ndarray:
     """The exp2 constants in ``dtype`` (the kernels compute in their input's dtype)."""
     return np.append(EXP2_CONSTANTS, 1.0 if dtype == np.float64 else 0.0).astype(dtype)
@@ -240,9 +239,9 @@ def self_check() -> None:
             raise RuntimeError(f"numba scan kernel self-check failed: {y[0, :, 0]}")
         parts = np.empty((1, batch, length, states), dtype)
         backward(delta, drive, A2, A2, proj, proj, coefficients(dtype), chunk, boundaries, drive,
-                          parts, parts.copy(), np.empty_like(drive), np.empty_like(drive),
-                          np.empty((batch, states, channels), dtype), np.empty((1, chunk + 1, states, channels), dtype),
-                          np.empty((1, chunk, states, channels), dtype))
+                 parts, parts.copy(), np.empty_like(drive), np.empty_like(drive),
+                 np.empty((batch, states, channels), dtype), np.empty((1, chunk + 1, states, channels), dtype),
+                 np.empty((1, chunk, states, channels), dtype))
 
 
 def set_threads(count: int) -> None:
