@@ -35,8 +35,9 @@ from speechbrain.utils.checkpoints import (
     get_default_hook,
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Not starting with "CKPT", so SpeechBrain never lists a staging folder as a checkpoint.
 STAGING_PREFIX = ".incomplete-"

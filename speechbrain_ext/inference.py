@@ -26,7 +26,7 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.fetching import LocalStrategy
 
 from speechbrain_ext.data.audio import read_audio_resampled
-from speechbrain_ext.models import SpeechEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 OUTPUTS = ("last", "all", "weighted")
 

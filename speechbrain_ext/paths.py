@@ -3,10 +3,11 @@ and the optional plotting dependency."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
 PACKAGE = Path(__file__).resolve().parent
 
 

@@ -5,7 +5,7 @@ layer of SpeechBrain's Conformer (``ConformerEncoderLayer.mha_layer``) and Trans
 (``TransformerEncoderLayer.self_att``) inside ``model`` (a ``TransformerASR``, an encoder, any
 module holding them), and returns the model, so that a YAML can build and convert it at once::
 
-    model: !apply:speechbrain_ext.replace_attention
+    model: !apply:speechbrain_ext.replace.replace_attention
         model: !new:speechbrain.lobes.models.transformer.TransformerASR.TransformerASR
             ...
         mixer: summarymixing
@@ -150,7 +150,7 @@ def replace_attention(
 
 
 def replace_encoder(model: nn.Module, encoder: nn.Module) -> nn.Module:
-    """Puts ``encoder`` (e.g. a :class:`~speechbrain_ext.encoder.MixerConformerEncoder`) in place of
+    """Puts ``encoder`` (e.g. a :class:`~speechbrain_ext.models.encoder.MixerConformerEncoder`) in place of
     ``model.encoder`` (SpeechBrain's ``TransformerASR``), checking width and causality; returns ``model``.
 
     ``TransformerASR.encode`` calls its encoder as SpeechBrain's ``ConformerEncoder``

@@ -11,7 +11,6 @@ folder whose ``hyperparams.yaml`` always describes the run that trained what is 
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shutil
@@ -26,10 +25,11 @@ from hyperpyyaml import resolve_references
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.files import atomic_writer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 HYPERPARAMS = "hyperparams.yaml"
 PENDING_HYPERPARAMS = "hyperparams.pending.yaml"

@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import SMALL_MIXER_KWARGS, write_bad_audio
 
-from speechbrain_ext.bestrq import BestRQ, SpeechEncoder
 from speechbrain_ext.bestrq.masking import compute_span_mask
+from speechbrain_ext.bestrq.model import BestRQ
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 
 def tiny_encoder(mixer, **kwargs):

@@ -12,9 +12,10 @@ import math
 import pytest
 import torch
 
-from speechbrain_ext.bestrq import BestRQ, SpeechEncoder
-from speechbrain_ext.bestrq.normalization import GlobalNormalization
+from speechbrain_ext.bestrq.model import BestRQ
 from speechbrain_ext.checkpoints import AtomicCheckpointer
+from speechbrain_ext.models.normalization import GlobalNormalization
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 
 def reference_statistics(batches, update_until_epoch):

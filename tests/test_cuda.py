@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import SMALL_MIXER_KWARGS
 
-from speechbrain_ext.encoder import MixerConformerEncoder
 from speechbrain_ext.mixers import MIXERS, build_mixer
 from speechbrain_ext.mixers.mamba import cuda_selective_scan
 from speechbrain_ext.mixers.scan import selective_scan
+from speechbrain_ext.models.encoder import MixerConformerEncoder
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_kernels = pytest.mark.skipif(not torch.cuda.is_available() or cuda_selective_scan() is None,
@@ -107,7 +107,7 @@ def test_a_bench_point_runs_on_cuda():
 def test_speech_encoder_fast_implementation_on_cuda_equals_the_cpu():
     # The fast front-end's channels-last convolutions run on cuDNN there, the depthwise ones fall
     # back to F.conv1d and dropout to F.dropout: the same encoding as on the CPU.
-    from speechbrain_ext.bestrq import SpeechEncoder
+    from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
     torch.manual_seed(0)
     encoder = SpeechEncoder("mamba", num_layers=2, d_model=64, d_ffn=128, nhead=4).eval()

@@ -8,8 +8,9 @@ import torch
 from conftest import SMALL_MIXER_KWARGS
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 
-from speechbrain_ext.encoder import MixerConformerEncoder, masked_convolution
-from speechbrain_ext.mixers import MIXERS, Fastformer
+from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.mixers.fastformer import Fastformer
+from speechbrain_ext.models.encoder import MixerConformerEncoder, masked_convolution
 from speechbrain_ext.sizes import PAPER_MIXERS, SIZES
 
 ALL_MIXERS = list(MIXERS)

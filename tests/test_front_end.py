@@ -4,9 +4,9 @@ import pytest
 import torch
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.models.dropout import FastDropout, cpu_dropout
 from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 
 def front_ends(n_mels=80, channels=(128, 32), dtype=torch.float64, **options):

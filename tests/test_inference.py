@@ -6,9 +6,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from speechbrain_ext.bestrq.model import SpeechEncoder
-from speechbrain_ext.downstream import FrozenEncoder
 from speechbrain_ext.inference import MixerEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
+from speechbrain_ext.mp3s.frozen_encoder import FrozenEncoder
 
 
 @pytest.fixture(scope="module")

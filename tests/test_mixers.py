@@ -5,8 +5,8 @@ import torch
 from conftest import LINEAR_MEMORY_MIXERS, SMALL_MIXER_KWARGS, LargestTensor, small_mixer
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
 
-from speechbrain_ext.encoder import positional_embeddings
 from speechbrain_ext.mixers import MIXERS, build_mixer
+from speechbrain_ext.models.encoder import positional_embeddings
 
 ALL_MIXERS = list(MIXERS)
 

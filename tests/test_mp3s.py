@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import SMALL_MIXER_KWARGS, write_bad_audio
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.data import toy
-from speechbrain_ext.downstream import FrozenEncoder, WeightedEncoderFeatures, WeightedLayerSum
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
+from speechbrain_ext.mp3s.frozen_encoder import FrozenEncoder, WeightedEncoderFeatures, WeightedLayerSum
 from speechbrain_ext.mp3s.suite import RECIPES, plot_comparison, run_recipe, write_tables
 
 

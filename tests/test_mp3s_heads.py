@@ -8,7 +8,7 @@ blocks (ContextNet, ECAPA-TDNN, x-vector) are built with the arguments that file
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_ext.bestrq import SpeechEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.mp3s.suite import RECIPES
 
 

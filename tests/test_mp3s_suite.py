@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.data import toy
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.mp3s import suite
 from speechbrain_ext.mp3s.tasks import TASKS, check_run_identity, count_classes, encoder_digest
 

@@ -19,9 +19,11 @@ from conftest import LargestTensor
 from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
 from speechbrain.nnet.activations import Swish
 
-from speechbrain_ext.bestrq import SpeechEncoder
-from speechbrain_ext.encoder import MixerConformerEncoder
-from speechbrain_ext.mixers import BidirectionalMamba, Fastformer, SummaryMixing
+from speechbrain_ext.mixers.fastformer import Fastformer
+from speechbrain_ext.mixers.mamba import BidirectionalMamba
+from speechbrain_ext.mixers.summary_mixing import SummaryMixing
+from speechbrain_ext.models.encoder import MixerConformerEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.sizes import paper_mixer_kwargs
 
 torch.manual_seed(0)

@@ -6,8 +6,10 @@ from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
 from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL, RoPEMHA
 from speechbrain.nnet.hypermixing import HyperMixing as SpeechBrainHyperMixing
 
-from speechbrain_ext.mixers import FlashMHSA, HyperMixing, RelPosMHSA
 from speechbrain_ext.mixers._common import absolute_sinusoids, relative_sinusoids
+from speechbrain_ext.mixers.hypermixing import HyperMixing
+from speechbrain_ext.mixers.mhsa import RelPosMHSA
+from speechbrain_ext.mixers.mhsa_flash import FlashMHSA
 
 
 def padding_mask(lengths, max_len):

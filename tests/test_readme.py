@@ -7,7 +7,7 @@ import numpy as np
 import soundfile as sf
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_ext.bestrq.model import SpeechEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

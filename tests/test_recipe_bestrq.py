@@ -13,10 +13,10 @@ import torch
 import yaml
 from conftest import write_bad_audio
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.bestrq.brain import optimizer_state_digest
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 pytestmark = pytest.mark.slow
 

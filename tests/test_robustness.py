@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import SMALL_MIXER_KWARGS
 
-from speechbrain_ext.bestrq import BestRQ, SpeechEncoder
-from speechbrain_ext.encoder import MixerConformerEncoder
+from speechbrain_ext.bestrq.model import BestRQ
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.models.encoder import MixerConformerEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ"
 SMALL = {"num_layers": 1, "d_model": 32, "d_ffn": 64, "nhead": 4}

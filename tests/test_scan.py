@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import LargestTensor
 
-from speechbrain_ext.mixers import BidirectionalMamba, MambaBlock, scan
-from speechbrain_ext.mixers.mamba import reverse_valid_frames
+from speechbrain_ext.mixers import scan
+from speechbrain_ext.mixers.mamba import BidirectionalMamba, MambaBlock, reverse_valid_frames
 from speechbrain_ext.mixers.scan import selective_scan, selective_scan_ref
 
 # Both implementations of the scan: PyTorch ops, and the numba kernels (numba is a dev dependency).

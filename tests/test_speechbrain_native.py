@@ -12,10 +12,11 @@ from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from speechbrain.nnet.attention import RelPosEncXL
 
-from speechbrain_ext import replace_attention, replace_encoder
 from speechbrain_ext.data.toy import write_toy_librispeech
-from speechbrain_ext.encoder import MixerConformerEncoder
-from speechbrain_ext.mixers import Fastformer, SummaryMixing
+from speechbrain_ext.mixers.fastformer import Fastformer
+from speechbrain_ext.mixers.summary_mixing import SummaryMixing
+from speechbrain_ext.models.encoder import MixerConformerEncoder
+from speechbrain_ext.replace import replace_attention, replace_encoder
 
 ASR_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "ASR"
 D, H = 32, 4

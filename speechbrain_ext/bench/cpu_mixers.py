@@ -16,9 +16,9 @@ from typing import Optional
 
 import torch
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.mixers import MIXERS, build_mixer
-from speechbrain_ext.models import MixerConformerEncoder
+from speechbrain_ext.models.encoder import MixerConformerEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.sizes import paper_encoder_settings
 
 

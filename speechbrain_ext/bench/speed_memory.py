@@ -38,8 +38,8 @@ from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
 from speechbrain.nnet.attention import RelPosEncXL
 from torch import nn
 
-from speechbrain_ext.bestrq import SpeechEncoder
 from speechbrain_ext.mixers import MIXERS
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.paths import pyplot
 from speechbrain_ext.sizes import CODEBOOK_SIZE, SIZES, paper_encoder_settings, paper_mixer_kwargs
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.training import ResilientBrain
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class BestRQBrain(ResilientBrain):
-    """Trains ``modules.model`` (a :class:`~speechbrain_ext.bestrq.BestRQ`).
+    """Trains ``modules.model`` (a :class:`~speechbrain_ext.bestrq.model.BestRQ`).
 
     Reads from hparams: ``lr_scheduler`` (stepped on every optimizer step), ``train_logger``,
     ``log_interval`` (optimizer steps between log lines), ``use_tensorboard`` and

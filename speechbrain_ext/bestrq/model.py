@@ -1,7 +1,7 @@
 """The BEST-RQ pretraining model around a mixer Conformer.
 
 ``SpeechEncoder``, the network that pretraining produces and downstream tasks reuse, lives in
-:mod:`speechbrain_ext.models` (re-exported here: the old import path).
+:mod:`speechbrain_ext.models.speech_encoder`.
 
 ``BestRQ`` adds what pretraining needs (Chiu et al. 2022, https://arxiv.org/abs/2202.01855):
 targets from a frozen random-projection quantizer on stacked normalised fbank frames, masked
@@ -19,15 +19,7 @@ from torch import nn
 from speechbrain_ext.bestrq.masking import apply_mask_noise, compute_span_mask
 from speechbrain_ext.bestrq.quantizer import RandomProjectionQuantizer
 from speechbrain_ext.mixers._common import check_sizes
-from speechbrain_ext.models.speech_encoder import (  # noqa: F401 - re-exported: the old import path
-    CONFIG_FILE,
-    INITS,
-    NORMALIZATIONS,
-    WEIGHTS_FILE,
-    EncoderOutput,
-    SpeechEncoder,
-    _ceil_div,
-)
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 
 @dataclass

@@ -8,7 +8,6 @@ epoch halfway.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -20,10 +19,11 @@ import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.dataio import audio_io
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.files import atomic_writer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)

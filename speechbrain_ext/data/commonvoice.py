@@ -23,7 +23,6 @@ Authors
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import unicodedata
 from collections.abc import Sequence
@@ -32,11 +31,12 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files, read_audio_resampled
 from speechbrain_ext.data.manifest import already_prepared, check_prepare_options, prepare_splits, split_list
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CSV_HEADER: tuple[str, ...] = ("ID", "duration", "wav", "spk_id", "wrd")
 #: Columns of the split .tsv files that preparation reads (by name: their position varies by release).

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import (
     UndecodableList,
@@ -18,7 +18,7 @@ from speechbrain_ext.data.audio import (
     summarize_problems,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def read_manifests(csv_paths: Sequence[str | Path]) -> dict[str, dict]:

@@ -16,11 +16,12 @@ Authors
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections import Counter
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
 from speechbrain_ext.data.manifest import (
@@ -32,7 +33,7 @@ from speechbrain_ext.data.manifest import (
     write_csv,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CSV_HEADER: tuple[str, ...] = ("ID", "duration", "wav", "spk_id", "emo")
 #: The 4 classes kept (the `emo` column).

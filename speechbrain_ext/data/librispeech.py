@@ -12,10 +12,11 @@ Authors
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files
 from speechbrain_ext.data.manifest import (
@@ -26,7 +27,7 @@ from speechbrain_ext.data.manifest import (
     split_list,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CSV_HEADER: tuple[str, ...] = ("ID", "duration", "wav", "spk_id", "wrd")
 OPT_FILE = "prepare_librispeech_options.json"

@@ -21,10 +21,11 @@ Authors
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files
 from speechbrain_ext.data.manifest import (
@@ -35,7 +36,7 @@ from speechbrain_ext.data.manifest import (
     split_list,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The 18 SLURP scenarios (the MP3S intent-classification labels).
 SCENARIOS: tuple[str, ...] = (

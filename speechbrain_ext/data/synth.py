@@ -11,7 +11,6 @@ prosody). The same seed always gives the same samples. Only numpy and soundfile 
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The fixed vocabulary of the toy corpora (upper case, as LibriSpeech transcripts).
 VOCABULARY: tuple[str, ...] = (

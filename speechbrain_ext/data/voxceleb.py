@@ -15,11 +15,12 @@ Authors
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import random
 from collections import defaultdict
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import AudioProblem, check_audio_files, summarize_problems
 from speechbrain_ext.data.manifest import (
@@ -31,7 +32,7 @@ from speechbrain_ext.data.manifest import (
     write_csv,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CSV_HEADER: tuple[str, ...] = ("ID", "duration", "wav", "spk_id")
 TRIALS_HEADER: tuple[str, ...] = ("label", "enrol", "test")

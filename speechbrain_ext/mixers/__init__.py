@@ -11,20 +11,16 @@ from typing import Union
 
 from torch import nn
 
-from speechbrain_ext.mixers.fastformer import Fastformer
-from speechbrain_ext.mixers.hypermixing import HyperMixing
-from speechbrain_ext.mixers.mamba import BidirectionalMamba, MambaBlock
-from speechbrain_ext.mixers.mhsa import RelPosMHSA
-from speechbrain_ext.mixers.mhsa_flash import FlashMHSA
-from speechbrain_ext.mixers.summary_mixing import SummaryMixing
+from speechbrain_ext.mixers import fastformer, hypermixing, mamba, mhsa, mhsa_flash, summary_mixing
 
+# Each class has one import path, its module's (e.g. ``speechbrain_ext.mixers.fastformer.Fastformer``).
 MIXERS: dict[str, type] = {
-    "mhsa": RelPosMHSA,
-    "mhsa_flash": FlashMHSA,
-    "hypermixing": HyperMixing,
-    "fastformer": Fastformer,
-    "summarymixing": SummaryMixing,
-    "mamba": BidirectionalMamba,
+    "mhsa": mhsa.RelPosMHSA,
+    "mhsa_flash": mhsa_flash.FlashMHSA,
+    "hypermixing": hypermixing.HyperMixing,
+    "fastformer": fastformer.Fastformer,
+    "summarymixing": summary_mixing.SummaryMixing,
+    "mamba": mamba.BidirectionalMamba,
 }
 
 
@@ -82,16 +78,4 @@ def build_mixer(mixer: Union[str, type], d_model: int, nhead: int, **kwargs) -> 
     return resolve_mixer(mixer)(d_model=d_model, nhead=nhead, **kwargs)
 
 
-__all__ = [
-    "MIXERS",
-    "BidirectionalMamba",
-    "Fastformer",
-    "FlashMHSA",
-    "HyperMixing",
-    "MambaBlock",
-    "RelPosMHSA",
-    "SummaryMixing",
-    "build_mixer",
-    "causal_mixer_kwargs",
-    "resolve_mixer",
-]
+__all__ = ["MIXERS", "build_mixer", "causal_mixer_kwargs", "resolve_mixer"]

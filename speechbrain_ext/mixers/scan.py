@@ -20,15 +20,15 @@ Conformer's training step at 80 s about 1.5x faster; ``fused=False`` forces the 
 """
 
 import functools
-import logging
 import math
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LOG2_E = math.log2(math.e)
 

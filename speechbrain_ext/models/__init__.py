@@ -1,12 +1,6 @@
-"""What pretraining produces and everyone reuses: the mixer Conformer and the whole speech encoder.
+"""What pretraining produces and everyone reuses.
 
-``MixerConformerEncoder`` (SpeechBrain's ``ConformerEncoder`` interface, any mixer) and ``SpeechEncoder``
-(fbank, normalisation, CNN front-end and that encoder; ``save_pretrained`` / ``from_pretrained``).
-The old paths ``speechbrain_ext.encoder`` and ``speechbrain_ext.bestrq.model`` re-export them.
+``encoder`` (``MixerConformerEncoder``: SpeechBrain's ``ConformerEncoder`` interface, any mixer),
+``speech_encoder`` (``SpeechEncoder``: fbank, normalisation, CNN front-end and that encoder;
+``save_pretrained`` / ``from_pretrained``), ``normalization``, ``front_end`` and ``dropout``.
 """
-
-from speechbrain_ext.models.encoder import MixerConformerEncoder, MixerConformerLayer
-from speechbrain_ext.models.normalization import GlobalNormalization
-from speechbrain_ext.models.speech_encoder import EncoderOutput, SpeechEncoder
-
-__all__ = ["EncoderOutput", "GlobalNormalization", "MixerConformerEncoder", "MixerConformerLayer", "SpeechEncoder"]

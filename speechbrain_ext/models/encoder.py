@@ -118,7 +118,7 @@ class MixerConformerLayer(nn.Module):
 
     Example
     -------
-    >>> from speechbrain_ext.mixers import Fastformer
+    >>> from speechbrain_ext.mixers.fastformer import Fastformer
     >>> layer = MixerConformerLayer(64, 128, Fastformer(64, 4), kernel_size=3)
     >>> layer(torch.rand(2, 10, 64)).shape
     torch.Size([2, 10, 64])

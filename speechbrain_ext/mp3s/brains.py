@@ -9,7 +9,6 @@ epoch for VoxCeleb1, whose layer-weight rate stays constant); the encoder stays 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import speechbrain as sb
@@ -17,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import AdditiveAngularMargin
 from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import EER, ErrorRateStats
 from torch import nn
 
 from speechbrain_ext.training import ResilientBrain
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class AngularMarginLoss(nn.Module):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.logger import get_logger
 
-from speechbrain_ext.bestrq.model import SpeechEncoder
 from speechbrain_ext.data.dataset import audio_dataset
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.mp3s.brains import ClassificationBrain, CTCBrain, VerificationBrain, write_results
 from speechbrain_ext.mp3s.text import CharacterUnits, SentencePieceUnits, train_sentencepiece
 from speechbrain_ext.training import write_run_hyperparams
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RESULTS_FILE = "results.json"
 LAYER_WEIGHTS_FILE = "layer_weights.json"

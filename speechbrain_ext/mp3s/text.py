@@ -7,13 +7,13 @@ n-gram); greedy test decoding is kept as the faster option.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from speechbrain.decoders import ctc_greedy_decode
+from speechbrain.utils.logger import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class CharacterUnits:

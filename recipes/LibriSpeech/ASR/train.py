@@ -6,8 +6,8 @@
     python train.py hparams/mixer_encoder.yaml --data_folder=...
 
 ``replace_attention.yaml`` builds the stock model and swaps its attention with
-``!apply:speechbrain_ext.replace_attention``; ``mixer_encoder.yaml`` puts our
-``MixerConformerEncoder`` in place of its encoder (``!apply:speechbrain_ext.replace_encoder``).
+``!apply:speechbrain_ext.replace.replace.replace_attention``; ``mixer_encoder.yaml`` puts our
+``MixerConformerEncoder`` in place of its encoder (``!apply:speechbrain_ext.replace.replace.replace_encoder``).
 Characters, joint CTC + attention loss; a small example of the three routes of the README, not a
 tuned recipe (no language model, no beam search: greedy CTC error rate at validation).
 """

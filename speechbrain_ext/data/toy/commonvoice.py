@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import unicodedata
 from pathlib import Path
 
 import soundfile as sf
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.synth import (
     seeded_rng,
@@ -15,7 +15,7 @@ from speechbrain_ext.data.synth import (
     toy_speaker,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Toy Common Voice sentences per language, written as contributors type them (capitals,
 #: punctuation, the language's own letters: Welsh ŵ ŷ, Basque ñ).

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.synth import (
     ToyProsody,
@@ -16,7 +16,7 @@ from speechbrain_ext.data.synth import (
 )
 from speechbrain_ext.data.toy._common import _write_wav_pcm16
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Prosody of each IEMOCAP label in the toy corpus, the same for every speaker (relative to the
 #: voice): angry loud, high and fast; sad soft, low, flat and slow; happy / excited high with a

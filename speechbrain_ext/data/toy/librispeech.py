@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.synth import (
     random_words,
@@ -15,7 +16,7 @@ from speechbrain_ext.data.synth import (
     write_flac,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: LibriSpeech split names; their position gives the block of toy speaker IDs.
 LIBRISPEECH_SPLITS: tuple[str, ...] = (

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.synth import (
     seeded_rng,
@@ -16,7 +16,7 @@ from speechbrain_ext.data.synth import (
     write_flac,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Toy SLURP commands: scenario -> (action, sentence) pairs, `{slot}` filled from `_SLURP_SLOTS`.
 #: Each scenario's sentences share its keywords, so the scenario can be heard in the audio.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
+
+from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.synth import (
     ToyProsody,
@@ -14,7 +15,7 @@ from speechbrain_ext.data.synth import (
 )
 from speechbrain_ext.data.toy._common import _write_wav_pcm16
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Real VoxCeleb1 speaker numbering: the 40 test speakers are id10270-id10309, dev speakers the others.
 VOXCELEB1_FIRST_TEST_ID = 10270

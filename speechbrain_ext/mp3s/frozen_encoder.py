@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_ext.models import SpeechEncoder
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 
 class FrozenEncoder(nn.Module):
