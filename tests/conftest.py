@@ -12,7 +12,7 @@ SMALL_MIXER_KWARGS = {
     "mhsa_flash": {},
     "hypermixing": {"hypernet_size": 64},
     "fastformer": {},
-    "summarymixing": {"local_out": 24, "summary_out": 24},
+    "summarymixing": {"local_hidden": 24, "local_out": 24, "summary_hidden": 24},
     "mamba": {"d_state": 8},
 }
 # Mixers whose memory grows linearly with length: the linear ones and SDPA attention.

@@ -105,8 +105,9 @@ def test_exported_encoder_gives_identical_features(tmp_path):
     torch.testing.assert_close(loaded.normalize.mean, encoder.normalize.mean)
 
 
-def test_sentence_normalisation_stays_an_option():
-    encoder = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4)
+def test_sentence_normalisation_is_an_option():
+    assert SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4).config["normalization"] == "global"
+    encoder = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4, normalization="sentence")
     assert encoder.config["normalization"] == "sentence"
     assert not any("normalize" in key for key in encoder.state_dict())
     with pytest.raises(ValueError, match="unknown normalization 'batch'"):

@@ -157,7 +157,7 @@ def test_invalid_mixer_options_are_refused():
     with pytest.raises(ValueError, match="mode"):
         build_mixer("summarymixing", 32, 1, mode="heavy")
     with pytest.raises(ValueError, match="local_out=16 and summary_out=24"):
-        build_mixer("summarymixing", 32, 1, local_out=16, summary_out=24)
+        build_mixer("summarymixing", 32, 1, local_out=16, summary_out=24, combine="add")
     with pytest.raises(ValueError, match="merge"):
         build_mixer("mamba", 32, 1, merge="multiply")
     with pytest.raises(ValueError, match="head width d_model / nhead = 20 / 4 = 5 must be even"):

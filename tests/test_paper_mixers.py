@@ -9,7 +9,6 @@ absolute sinusoid added at the encoder input). Each reference is a few lines of 
 that take the weights of our module, so the comparison is of the maths, not of the code.
 """
 
-import json
 import math
 
 import pytest
@@ -210,14 +209,19 @@ def test_absolute_positions_at_the_encoder_input_are_speechbrains():
     assert with_positions(torch.randn(1, 2600, D))[0].shape == (1, 2600, D)
 
 
-def test_conformer_block_options_of_the_papers_code():
-    encoder = MixerConformerEncoder(1, D, 64, H, mixer="mhsa", activation="swish", mixer_output_dropout=False,
-                                    final_norm_eps=1e-6)
+def test_conformer_block_defaults_are_the_papers_code():
+    encoder = MixerConformerEncoder(1, D, 64, H, mixer="mhsa")
     layer = encoder.layers[0]
     assert isinstance(layer.drop, torch.nn.Identity)
     assert any(isinstance(m, Swish) for m in layer.ffn_module1.modules())
     assert any(isinstance(m, Swish) for m in layer.convolution_module.modules())
     assert encoder.norm.norm.eps == 1e-6
+    options = MixerConformerEncoder(1, D, 64, H, mixer="mhsa", activation="gelu", mixer_output_dropout=True,
+                                    final_norm_eps=1e-5)
+    assert isinstance(options.layers[0].drop, torch.nn.Dropout)
+    assert any(isinstance(m, torch.nn.GELU) for m in options.layers[0].ffn_module1.modules())
+    assert not any(isinstance(m, Swish) for m in options.modules())
+    assert options.norm.norm.eps == 1e-5
     with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
         MixerConformerEncoder(1, D, 64, H, activation="tanhh")
     with pytest.raises(ValueError, match="input_positions"):
@@ -243,24 +247,6 @@ def test_xavier_normal_init_covers_projection_and_encoder():
     # The fork redraws mamba_ssm's A_log too (a (d_inner, d_state) matrix): A no longer -(1..N).
     a_log = encoder.encoder.layers[0].mha_layer.forward_block.A_log
     assert not torch.allclose(a_log[0], torch.log(torch.arange(1.0, 17.0)))
-
-
-def test_old_configs_rebuild_the_old_encoder(tmp_path):
-    """An encoder exported before issue 9 (settings without the new options) loads as it was."""
-    torch.manual_seed(0)
-    old = small_speech_encoder(mixer="summarymixing", mixer_kwargs={"local_out": 24, "summary_out": 24}).eval()
-    old.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "encoder_config.json").read_text())
-    new_keys = ["activation", "input_dropout", "input_positions", "mixer_output_dropout", "final_norm_eps", "init",
-                "normalization", "normalization_until_epoch"]
-    for key in new_keys:
-        config.pop(key)
-    (tmp_path / "encoder_config.json").write_text(json.dumps(config))
-    loaded = SpeechEncoder.from_pretrained(tmp_path).eval()
-    feats, lengths = torch.randn(2, 64, 80), torch.tensor([64, 40])
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(feats, lengths).out, old.encode(feats, lengths).out)
-    assert isinstance(loaded.encoder.layers[0].ffn_module1[1].ffn[1], torch.nn.GELU)
 
 
 @pytest.mark.parametrize("mixer", ["summarymixing", "fastformer", "mamba"])

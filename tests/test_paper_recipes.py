@@ -1,4 +1,4 @@
-"""The shipped BEST-RQ YAMLs reproduce the paper's experiment code (issue 9).
+"""The shipped BEST-RQ YAMLs reproduce the paper's experiment code, and the modules' defaults are those YAMLs.
 
 Every base/large YAML builds through hyperpyyaml (on the ``meta`` device: sizes only, nothing
 allocated) and its total parameters (front-end + encoder + the 8192-way head) match those of the
@@ -7,13 +7,16 @@ listed in ``speechbrain_ext.sizes``; its encoder settings are the table's, and i
 experiment code's.
 """
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_ext.sizes import CODEBOOK_SIZE, PAPER_MIXERS, SIZES, paper_encoder_settings
+from speechbrain_ext.mixers import build_mixer
+from speechbrain_ext.models.speech_encoder import SpeechEncoder
+from speechbrain_ext.sizes import CODEBOOK_SIZE, NHEAD, PAPER_MIXERS, SIZES, paper_encoder_settings
 
 HPARAMS = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ" / "hparams"
 SHIPPED = [(size, mixer) for size in SIZES for mixer in SIZES[size].widths]
@@ -77,3 +80,57 @@ def test_schedule_is_the_experiment_codes(size, mixer, tmp_path):
     assert (model.mask_prob, model.noise_std) == (0.15, 0.1)
     assert hparams["encoder_layerdrop"] == SIZES[size].layerdrop
     assert hparams["find_unused_parameters"] is True  # LayerDrop under DDP, as the paper's run scripts
+
+
+def _first_mixer_kwargs(size: str, mixer: str, tmp_path: Path) -> tuple[int, dict]:
+    hparams = load_recipe(size, mixer, tmp_path)
+    return hparams["d_model"], dict(hparams["mixer_kwargs"] or {})
+
+
+@pytest.mark.parametrize("size,mixer", SHIPPED)
+def test_build_mixer_defaults_are_the_shipped_yamls_mixer(size, mixer, tmp_path):
+    """``build_mixer(name, d_model, nhead)`` alone is the mixer the YAML builds with its explicit settings:
+    the same parameters (a strict state-dict load) and the same outputs with those weights."""
+    d_model, yaml_kwargs = _first_mixer_kwargs(size, mixer, tmp_path)
+    torch.manual_seed(0)
+    default = build_mixer(mixer, d_model, NHEAD).eval()
+    shipped = build_mixer(mixer, d_model, NHEAD, **yaml_kwargs).eval()
+    shipped.load_state_dict(default.state_dict(), strict=True)
+    x = torch.randn(2, 12, d_model)
+    padding = torch.arange(12) >= torch.tensor([[12], [7]])
+    with torch.no_grad():
+        torch.testing.assert_close(default(x, x, x, key_padding_mask=padding)[0],
+                                   shipped(x, x, x, key_padding_mask=padding)[0])
+
+
+@pytest.mark.parametrize("size,mixer", SHIPPED)
+def test_speech_encoder_paper_is_the_shipped_yamls_encoder(size, mixer, tmp_path):
+    """``SpeechEncoder.paper(size, mixer)``: the YAML's parameter count at full size, and with one layer
+    (to run it on the CPU) the YAML's parameters and outputs."""
+    yaml_encoder = load_recipe(size, mixer, tmp_path)["speech_encoder"]
+    with torch.device("meta"):
+        paper = SpeechEncoder.paper(size, mixer)
+    assert sum(p.numel() for p in paper.parameters()) == sum(p.numel() for p in yaml_encoder.parameters())
+    assert paper.config == yaml_encoder.config
+
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "num_encoder_layers": 1}
+    one_layer = load_hyperpyyaml((HPARAMS / size / f"{mixer}.yaml").read_text(), overrides)["speech_encoder"]
+    paper = SpeechEncoder.paper(size, mixer, num_layers=1)
+    paper.load_state_dict(one_layer.state_dict(), strict=True)
+    paper.set_epoch(math.inf)
+    one_layer.set_epoch(math.inf)
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        expected = one_layer.eval()(wavs, torch.tensor([1.0, 0.6])).out
+        torch.testing.assert_close(paper.eval()(wavs, torch.tensor([1.0, 0.6])).out, expected)
+
+
+@pytest.mark.parametrize("mixer", PAPER_MIXERS)
+def test_speech_encoder_defaults_are_the_papers_base_model(mixer):
+    """A user's ``SpeechEncoder(mixer)`` is the paper's base encoder: same settings (its mixer's own
+    defaults are the paper's, see above) and the same parameter count."""
+    with torch.device("meta"):
+        default, paper = SpeechEncoder(mixer), SpeechEncoder.paper("base", mixer)
+    assert {k: v for k, v in default.config.items() if k != "mixer_kwargs"} == {
+        k: v for k, v in paper.config.items() if k != "mixer_kwargs"}
+    assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in paper.parameters())

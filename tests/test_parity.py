@@ -50,8 +50,8 @@ def test_hypermixing_runs_past_speechbrain_position_limit():
 
 
 def test_mhsa_matches_relposmhaxl():
-    reference = RelPosMHAXL(embed_dim=48, num_heads=4)
-    ours = RelPosMHSA(48, 4)
+    reference = RelPosMHAXL(embed_dim=48, num_heads=4, dropout=0.1).eval()
+    ours = RelPosMHSA(48, 4).eval()
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, 45, 48)
     mask = padding_mask([45, 30, 2], 45)

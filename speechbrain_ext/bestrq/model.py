@@ -50,13 +50,14 @@ class BestRQ(nn.Module):
     noise_std : float
         Standard deviation of the noise that replaces masked frames.
     per_utterance_mask : bool
-        Draw a mask per utterance (default) or one mask for the batch sized by its shortest
-        utterance (the paper).
+        False (the paper): one mask for the batch, sized by its shortest utterance; True: one
+        mask per utterance.
     quantizer_seed : int, optional
         Seed of the quantizer's frozen projection and codebooks.
     quantizer_norm : str
-        ``"frame"`` (default: targets depend on the utterance only) or ``"time"``: the paper's
-        code's normalisation over the padded time axis (see ``RandomProjectionQuantizer``).
+        ``"frame"`` (default: targets depend on the utterance only, not on its batch's padding) or
+        ``"time"``: the paper's code's normalisation over the padded time axis (see
+        ``RandomProjectionQuantizer``).
 
     Example
     -------
@@ -74,7 +75,7 @@ class BestRQ(nn.Module):
         num_codebooks: int = 1,
         mask_prob: float = 0.15,
         noise_std: float = 0.1,
-        per_utterance_mask: bool = True,
+        per_utterance_mask: bool = False,
         quantizer_seed: int | None = None,
         quantizer_norm: str = "frame",
     ) -> None:

@@ -193,13 +193,16 @@ class SequenceMixer:
     """What every mixer shares (a mixin beside ``nn.Module`` or a SpeechBrain attention class): the
     checks of SpeechBrain's attention call ``(query, key, value, attn_mask, key_padding_mask, pos_embs)``.
 
-    A mixer sets ``mixer_name`` (used in errors), ``pos_embs_kind`` (the positions it reads) and
-    ``supported_masks`` (the ``attn_mask`` kinds it can honour: ``("causal",)`` or none);
-    ``honours_attn_mask`` means it applies any mask itself (SpeechBrain's attention).
+    A mixer sets ``mixer_name`` (used in errors), ``pos_embs_kind`` (the positions it reads),
+    ``encoder_input_positions`` (the positions the paper's encoder adds to its input for this mixer:
+    ``TransformerASR.encode`` adds a sinusoid for every attention type but RelPosMHAXL and
+    hypermixing) and ``supported_masks`` (the ``attn_mask`` kinds it can honour: ``("causal",)`` or
+    none); ``honours_attn_mask`` means it applies any mask itself (SpeechBrain's attention).
     """
 
     mixer_name = "mixer"
     pos_embs_kind: Optional[str] = None
+    encoder_input_positions: Optional[str] = None
     supported_masks: tuple[str, ...] = ()
     honours_attn_mask = False
 

@@ -8,9 +8,9 @@ The BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
 ``speechbrain/nnet/attention.py``, class ``Fastattention``) scores the frames with one
 Linear(d_model -> nhead) with bias over the full width, scaled by 1/sqrt(d_model / nhead),
 applies dropout to the pooled vectors and initialises its linear layers N(0, 0.02) with zero
-biases: ``scoring="linear", dropout=0.1, init="normal"`` here. The defaults (one scoring vector
-per head on its own channels, no dropout, PyTorch's initialisation) are this module's earlier
-form, kept so that exported encoders load unchanged.
+biases: ``scoring="linear", dropout=0.1, init="normal"``, the defaults here.
+``scoring="per_head"`` (one scoring vector per head on its own channels, as in the Fastformer
+paper), ``dropout=0.0`` and ``init="default"`` (PyTorch's) are options.
 """
 
 from typing import Optional
@@ -37,12 +37,13 @@ class Fastformer(nn.Module, SequenceMixer):
         Use the query projection as the value projection, as in the paper's final model
         (one E x E matrix fewer), as the paper's code does.
     scoring : str
-        ``"per_head"``: one scoring vector per head on that head's channels (no bias);
-        ``"linear"``: one Linear(E -> nhead) with bias over all channels (the paper's code).
+        ``"linear"``: one Linear(E -> nhead) with bias over all channels (the paper's code);
+        ``"per_head"``: one scoring vector per head on that head's channels (no bias).
     dropout : float
-        Dropout on the pooled global query and key.
+        Dropout on the pooled global query and key (the paper's code: 0.1).
     init : str
-        ``"default"`` (PyTorch's) or ``"normal"``: linear weights N(0, 0.02), zero biases.
+        ``"normal"``: linear weights N(0, 0.02), zero biases (the paper's code); ``"default"``:
+        PyTorch's.
     causal : bool
         Cumulative pooling: frame t uses the global query and key pooled over frames 0..t
         (a running softmax, computed in the log domain so that no later frame changes it).
@@ -60,6 +61,7 @@ class Fastformer(nn.Module, SequenceMixer):
 
     mixer_name = "fastformer"
     pos_embs_kind = None
+    encoder_input_positions = "absolute"
     supported_masks = ("causal",)
 
     def __init__(
@@ -67,9 +69,9 @@ class Fastformer(nn.Module, SequenceMixer):
         d_model: int,
         nhead: int,
         share_query_value: bool = True,
-        scoring: str = "per_head",
-        dropout: float = 0.0,
-        init: str = "default",
+        scoring: str = "linear",
+        dropout: float = 0.1,
+        init: str = "normal",
         causal: bool = False,
     ) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ class HyperMixing(nn.Module, SequenceMixer):
 
     mixer_name = "hypermixing"
     pos_embs_kind = "absolute"
+    encoder_input_positions = None
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ valid frame and never reads padding.
 The BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
 ``speechbrain/nnet/attention.py``, ``MambaBlock`` / ``MambaWrapper``) wraps the two directions
 in mamba_ssm's ``Block``: RMSNorm (eps 1e-5) before the pair and a residual around it,
-``out = x + fwd(n) + bwd(n)`` with ``n = RMSNorm(x)``; ``prenorm_residual=True`` here. The fork
+``out = x + fwd(n) + bwd(n)`` with ``n = RMSNorm(x)``: ``prenorm_residual=True``, the default here. The fork
 flips whole padded batches for the backward direction (its scan then starts on padding); the
 per-utterance reversal here is a deliberate difference, not an option.
 """
@@ -20,21 +20,39 @@ import math
 from typing import Optional
 
 import torch
+from speechbrain.utils.logger import get_logger
 from torch import nn
 
 from speechbrain_ext.mixers._common import SequenceMixer, check_sizes
 from speechbrain_ext.mixers.depthwise import depthwise_conv_time_major
 from speechbrain_ext.mixers.scan import selective_scan
 
+logger = get_logger(__name__)
+
 MERGES = ("add", "concat")
 
 
 @functools.lru_cache(maxsize=1)
 def cuda_selective_scan():
-    """mamba_ssm's fused ``selective_scan_fn``, or None where it cannot be imported (no CUDA)."""
+    """mamba_ssm's fused ``selective_scan_fn``, or None where it cannot be imported.
+
+    Asked for on the first GPU input; why it is None is logged once: not installed (an
+    info line with the install command), or installed but failing to import (a warning with the
+    error: a broken CUDA build would otherwise train on the slower PyTorch scan unnoticed).
+    """
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or its extension failing to load on a CPU-only machine
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.split(".")[0] == "mamba_ssm":
+            logger.info("mamba_ssm is not installed: MambaBlock runs the PyTorch selective scan on the GPU "
+                        "(pip install -e '.[mamba]' adds the fused CUDA kernels)")
+        else:
+            logger.warning("mamba_ssm is installed but its kernels do not import (%s): MambaBlock runs the "
+                           "slower PyTorch selective scan", error)
+        return None
+    except Exception as error:  # e.g. its CUDA extension built for another torch or GPU
+        logger.warning("mamba_ssm is installed but its kernels do not import (%s: %s): MambaBlock runs the "
+                       "slower PyTorch selective scan", type(error).__name__, error)
         return None
     return selective_scan_fn
 
@@ -160,7 +178,7 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
         ``"add"`` sums the two directions; ``"concat"`` concatenates them and projects to E.
     prenorm_residual : bool
         mamba_ssm's ``Block`` around the pair: RMSNorm on the input of both directions and the
-        input added to their merged output (the paper's code).
+        input added to their merged output (the paper's code; False: the merged output alone).
     norm_eps : float
         Epsilon of that RMSNorm.
     causal : bool
@@ -181,13 +199,14 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
     """
 
     pos_embs_kind = None
+    encoder_input_positions = "absolute"
 
     def __init__(
         self,
         d_model: int,
         nhead: int = 1,
         merge: str = "add",
-        prenorm_residual: bool = False,
+        prenorm_residual: bool = True,
         norm_eps: float = 1e-5,
         causal: bool = False,
         **block_kwargs,

@@ -26,7 +26,7 @@ class RelPosMHSA(RelPosMHAXL, SequenceMixer):
     nhead : int
         Number of attention heads; must divide ``d_model``.
     dropout : float
-        Dropout on the attention weights.
+        Dropout on the attention weights (the paper's code: 0.1).
 
     Example
     -------
@@ -38,9 +38,10 @@ class RelPosMHSA(RelPosMHAXL, SequenceMixer):
 
     mixer_name = "mhsa"
     pos_embs_kind = "relative"
+    encoder_input_positions = None
     honours_attn_mask = True  # SpeechBrain's RelPosMHAXL applies any attn_mask, causal ones included
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.1) -> None:
         check_heads("mhsa", d_model, nhead)
         super().__init__(embed_dim=d_model, num_heads=nhead, dropout=dropout)
 

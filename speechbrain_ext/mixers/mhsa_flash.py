@@ -47,6 +47,7 @@ class FlashMHSA(RoPEMHA, SequenceMixer):
 
     mixer_name = "mhsa_flash"
     pos_embs_kind = None  # rotations are applied inside, from the frame index
+    encoder_input_positions = None
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, value_bias: bool = False) -> None:
         check_heads("mhsa_flash", d_model, nhead)

@@ -12,8 +12,8 @@ f and s two-layer MLPs (hidden 512, f out 512, s out d_model) whose layers are b
 in ``nhead`` groups, a LayerNorm on f's output and one on the averaged summary, and
 c = activation(Linear(512 + d_model -> d_model)) on the concatenation. Those are the options
 ``local_hidden=512, summary_hidden=512, summary_out=d_model, block_diagonal=True, norm=True,
-combine="concat"`` here; the defaults keep this module's earlier single-layer form (encoders
-exported with it load unchanged).
+combine="concat"``, the defaults here. ``local_hidden=None`` / ``summary_hidden=None`` make f and s
+single layers, and ``combine="add"`` has c read ``f(x_t) + s̄``.
 """
 
 from typing import Optional, Union
@@ -83,9 +83,8 @@ class SummaryMixing(nn.Module, SequenceMixer):
     """SummaryMixing token mixer.
 
     f and s are MLPs with an activation after every layer; c is a dense layer with an
-    activation. With ``combine="add"`` (default) c reads ``f(x_t) + s̄``: a dense layer on the
-    concatenation ``[f(x_t); s̄]`` whose two halves share weights; ``combine="concat"`` gives
-    each half its own weights (the paper's code).
+    activation. With ``combine="concat"`` (default, the paper's code) c reads the concatenation
+    ``[f(x_t); s̄]``; ``combine="add"`` reads ``f(x_t) + s̄`` (the two halves share weights).
 
     Arguments
     ---------
@@ -95,8 +94,8 @@ class SummaryMixing(nn.Module, SequenceMixer):
         Number of diagonal blocks of f and s with ``block_diagonal``; otherwise unused.
     local_out : int
         Output width of the local transformation f.
-    summary_out : int
-        Output width of the summary function s (the paper's code: d_model).
+    summary_out : int, optional
+        Output width of the summary function s; None: d_model (the paper's code).
     mode : str
         ``"full"`` (f, s and c) or ``"lite"`` (s only, then projected to E).
     combine : str
@@ -104,11 +103,11 @@ class SummaryMixing(nn.Module, SequenceMixer):
     activation : str or type
         Non-linearity used in f, s and c (a name of ``ACTIVATIONS`` or a class).
     local_hidden, summary_hidden : int, optional
-        Hidden width of f and s; None makes them a single layer.
+        Hidden width of f and s (the paper's code: 512 each); None makes them a single layer.
     block_diagonal : bool
-        Every layer of f and s block-diagonal in ``nhead`` groups.
+        Every layer of f and s block-diagonal in ``nhead`` groups (the paper's code).
     norm : bool
-        LayerNorm on f's output and on the averaged summary.
+        LayerNorm on f's output and on the averaged summary (the paper's code).
     causal : bool
         Frame t reads the running mean of s over the valid frames 0..t instead of the whole
         utterance (streaming). A SpeechBrain causal ``attn_mask`` (``get_lookahead_mask``) turns
@@ -117,19 +116,20 @@ class SummaryMixing(nn.Module, SequenceMixer):
     Example
     -------
     >>> x = torch.rand(2, 50, 64)
-    >>> out, attn = SummaryMixing(64, nhead=1, local_out=32, summary_out=32)(x, x, x)
+    >>> out, attn = SummaryMixing(64, nhead=4)(x, x, x)
     >>> out.shape, attn
     (torch.Size([2, 50, 64]), None)
-    >>> paper = SummaryMixing(64, nhead=4, local_out=32, summary_out=64, combine="concat",
-    ...     local_hidden=32, summary_hidden=32, block_diagonal=True, norm=True, activation="swish")
-    >>> paper(x, x, x)[0].shape
+    >>> small = SummaryMixing(64, nhead=1, local_out=32, summary_out=32, local_hidden=None,
+    ...     summary_hidden=None, combine="add", block_diagonal=False, norm=False)
+    >>> small(x, x, x)[0].shape
     torch.Size([2, 50, 64])
-    >>> SummaryMixing(64, nhead=1, causal=True)(x, x, x)[0].shape
+    >>> SummaryMixing(64, nhead=4, causal=True)(x, x, x)[0].shape
     torch.Size([2, 50, 64])
     """
 
     mixer_name = "summarymixing"
     pos_embs_kind = None
+    encoder_input_positions = "absolute"
     supported_masks = ("causal",)
 
     def __init__(
@@ -137,17 +137,18 @@ class SummaryMixing(nn.Module, SequenceMixer):
         d_model: int,
         nhead: int = 1,
         local_out: int = 512,
-        summary_out: int = 512,
+        summary_out: Optional[int] = None,
         mode: str = "full",
-        combine: str = "add",
-        activation: Union[str, type] = "gelu",
-        local_hidden: Optional[int] = None,
-        summary_hidden: Optional[int] = None,
-        block_diagonal: bool = False,
-        norm: bool = False,
+        combine: str = "concat",
+        activation: Union[str, type] = "swish",
+        local_hidden: Optional[int] = 512,
+        summary_hidden: Optional[int] = 512,
+        block_diagonal: bool = True,
+        norm: bool = True,
         causal: bool = False,
     ) -> None:
         super().__init__()
+        summary_out = d_model if summary_out is None else summary_out
         if mode not in MODES:
             raise ValueError(f"summarymixing: unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
         if combine not in COMBINES:

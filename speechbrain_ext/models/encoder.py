@@ -5,12 +5,12 @@ https://arxiv.org/abs/2005.08100), built from SpeechBrain's feed-forward, convol
 and layer norm, with the same parameter names as ``ConformerEncoderLayer``:
 half FFN -> norm -> mixer -> convolution module -> half FFN -> norm.
 
-Options that reproduce the BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
-``lobes/models/transformer/Conformer.py`` and ``TransformerASR.py``): ``mixer_output_dropout=False``
-(its ``ConformerEncoderLayer`` adds the attention output to the residual without dropout),
-``input_positions="absolute"`` for the mixers its ``TransformerASR.encode`` adds a sinusoid to
-(every attention type but RelPosMHAXL and hypermixing), ``final_norm_eps=1e-6`` and the
-Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's ``activation``).
+The defaults are the BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt-attention,
+``lobes/models/transformer/Conformer.py``): no dropout on the mixer output (its
+``ConformerEncoderLayer`` adds the attention output to the residual as is), a final LayerNorm with
+eps 1e-6 and the Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's
+``activation``). As in SpeechBrain, positions added to the encoder input belong to the model around
+it (``TransformerASR.encode``; ``SpeechEncoder``); ``input_positions="absolute"`` adds them here.
 """
 
 from typing import Optional, Union
@@ -109,7 +109,8 @@ class MixerConformerLayer(nn.Module):
     dropout : float
         Dropout in the feed-forward and convolution modules (and on the mixer output).
     activation : str or type
-        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class;
+        the paper's code: Swish).
     mixer_output_dropout : bool
         Dropout on the mixer output before the residual sum (the paper's code has none).
     causal : bool
@@ -131,8 +132,8 @@ class MixerConformerLayer(nn.Module):
         mixer: nn.Module,
         kernel_size: int = 31,
         dropout: float = 0.1,
-        activation: Union[str, type] = nn.GELU,
-        mixer_output_dropout: bool = True,
+        activation: Union[str, type] = "swish",
+        mixer_output_dropout: bool = False,
         causal: bool = False,
     ) -> None:
         super().__init__()
@@ -198,7 +199,8 @@ class MixerConformerEncoder(nn.Module):
     dropout : float
         Dropout inside the blocks.
     activation : str or type
-        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class).
+        Activation of the feed-forward and convolution modules (a name of ``ACTIVATIONS`` or a class;
+        the paper's code: Swish).
     layerdrop_prob : float
         Probability of skipping each block while training (LayerDrop, Fan et al. 2019). Under
         DDP, skipped blocks leave parameters unused: set ``find_unused_parameters``.
@@ -207,11 +209,12 @@ class MixerConformerEncoder(nn.Module):
     mixer_kwargs : dict, optional
         Extra keyword arguments of the mixer (e.g. ``{"hypernet_size": 2048}``).
     mixer_output_dropout : bool
-        Dropout on each mixer's output before the residual sum.
+        Dropout on each mixer's output before the residual sum (the paper's code: none).
     input_positions : str, optional
-        ``"absolute"`` adds a sinusoidal position encoding (any length) to the encoder input.
+        ``"absolute"`` adds a sinusoidal position encoding (any length) to the encoder input;
+        None (default, as SpeechBrain's ``ConformerEncoder``) leaves that to the model around it.
     final_norm_eps : float
-        Epsilon of the final layer norm (SpeechBrain's ``ConformerEncoder``: 1e-6).
+        Epsilon of the final layer norm (the paper's code and SpeechBrain's ``ConformerEncoder``: 1e-6).
     causal : bool
         Streaming encoder: causal mixers (``causal=True`` for those that have the option, a causal
         ``attn_mask`` for ``mhsa``) and causal convolutions, as SpeechBrain's ``causal=True``.
@@ -225,7 +228,7 @@ class MixerConformerEncoder(nn.Module):
     Example
     -------
     >>> enc = MixerConformerEncoder(2, 64, 128, 4, mixer="summarymixing", output_hidden_states=True,
-    ...     mixer_kwargs={"local_out": 32, "summary_out": 32})
+    ...     mixer_kwargs={"local_hidden": 32, "local_out": 32, "summary_hidden": 32})
     >>> out, attentions, hidden = enc(torch.rand(3, 20, 64))
     >>> out.shape, len(hidden)
     (torch.Size([3, 20, 64]), 3)
@@ -241,13 +244,13 @@ class MixerConformerEncoder(nn.Module):
         mixer: Union[str, type] = "mhsa",
         kernel_size: int = 31,
         dropout: float = 0.1,
-        activation: Union[str, type] = nn.GELU,
+        activation: Union[str, type] = "swish",
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         mixer_kwargs: Optional[dict] = None,
-        mixer_output_dropout: bool = True,
+        mixer_output_dropout: bool = False,
         input_positions: Optional[str] = None,
-        final_norm_eps: float = 1e-5,
+        final_norm_eps: float = 1e-6,
         causal: bool = False,
     ) -> None:
         super().__init__()

@@ -20,10 +20,12 @@ from speechbrain.processing.features import InputNormalization
 from torch import nn
 
 from speechbrain_ext.files import atomic_writer
+from speechbrain_ext.mixers import resolve_mixer
 from speechbrain_ext.models.dropout import use_fast_dropout
 from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
 from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
 from speechbrain_ext.models.normalization import GlobalNormalization
+from speechbrain_ext.sizes import SIZES, paper_encoder_settings
 
 CONFIG_FILE = "encoder_config.json"
 # The CNN front-end of each implementation: the same function and parameters either way.
@@ -49,20 +51,25 @@ class EncoderOutput:
 class SpeechEncoder(nn.Module):
     """Fbank, normalisation, CNN front-end and mixer Conformer: waveforms to frame vectors.
 
+    Every default is the paper's base model (whettenr/brq-att-alt-exp ``hparams/*.yaml`` on
+    whettenr/speechbrain-fork): ``SpeechEncoder("fastformer")`` is the paper's base Fastformer
+    encoder, and :meth:`paper` builds either size from :mod:`speechbrain_ext.sizes`.
+
     Arguments
     ---------
     mixer : str
         Mixer name of ``speechbrain_ext.mixers.MIXERS``.
     num_layers, d_model, d_ffn, nhead : int
-        Encoder size (paper base: 12 layers, d_ffn 2048, 8 heads, d_model per mixer).
+        Encoder size (paper base: 12 layers, d_ffn 2048, 8 heads). ``d_model=None`` takes the
+        paper's base width of ``mixer`` (the widths that equalise parameters across mixers).
     mixer_kwargs : dict, optional
-        Extra mixer settings.
+        Mixer settings beyond the mixer's own defaults (which are the paper's).
     dropout : float
         Dropout in the encoder blocks.
     kernel_size : int
         Depthwise convolution kernel of the Conformer blocks.
     layerdrop_prob : float
-        LayerDrop probability while training.
+        LayerDrop probability while training (paper: 0.05 base, 0.1 large).
     sample_rate, n_fft, n_mels, hop_length : int or float
         Fbank settings (hop in ms).
     cnn_channels : tuple of int
@@ -73,20 +80,21 @@ class SpeechEncoder(nn.Module):
     input_dropout : float
         Dropout after the linear projection into the encoder (the paper's code: ``dropout``).
     input_positions : str, optional
-        ``"absolute"``: a sinusoid added at the encoder input (the paper's code, for every mixer
-        but mhsa and hypermixing).
+        ``"auto"``: a sinusoid added at the encoder input where the paper's ``TransformerASR.encode``
+        adds one for ``mixer`` (every mixer but mhsa and hypermixing: the mixer class's
+        ``encoder_input_positions``); ``"absolute"``: always; None: never.
     mixer_output_dropout : bool
         Dropout on each mixer's output before the residual sum (the paper's code: none).
     final_norm_eps : float
         Epsilon of the encoder's final layer norm (the paper's code: 1e-6).
     init : str
-        ``"default"`` (each module's own) or ``"xavier_normal"``: every weight of two or more
-        dimensions of the projection and the encoder redrawn with Xavier normal, as
-        SpeechBrain's ``TransformerASR._init_params`` does in the paper's code.
+        ``"xavier_normal"``: every weight of two or more dimensions of the projection and the
+        encoder redrawn with Xavier normal, as SpeechBrain's ``TransformerASR._init_params`` does in
+        the paper's code; ``"default"``: each module's own initialisation.
     normalization : str
-        ``"sentence"``: each utterance normalised by its own statistics; ``"global"``: running
-        statistics of the training data (the paper's code), kept in ``state_dict``
-        (:class:`~speechbrain_ext.models.normalization.GlobalNormalization`).
+        ``"global"``: running statistics of the training data (the paper's code), kept in
+        ``state_dict`` (:class:`~speechbrain_ext.models.normalization.GlobalNormalization`);
+        ``"sentence"``: each utterance normalised by its own statistics.
     normalization_until_epoch : int
         With ``"global"``: the statistics are updated while the epoch is below this (paper: 4).
     implementation : str
@@ -97,9 +105,6 @@ class SpeechEncoder(nn.Module):
         distribution, another random stream); ``"speechbrain"``: SpeechBrain's front-end and
         ``nn.Dropout`` themselves. The same parameters either way: checkpoints load into both.
 
-    Backward compatibility: every option after ``cnn_channels`` defaults to this class's earlier
-    behaviour, so an exported encoder whose settings do not name them rebuilds as it was trained.
-
     Example
     -------
     >>> enc = SpeechEncoder("fastformer", num_layers=2, d_model=64, d_ffn=128, nhead=4)
@@ -108,6 +113,8 @@ class SpeechEncoder(nn.Module):
     (torch.Size([2, 104, 80]), [101, 51])
     >>> enc.encode(feats, lengths).out.shape
     torch.Size([2, 26, 64])
+    >>> SpeechEncoder("mamba").d_model
+    474
     """
 
     frames_per_token = 4  # two stride-2 convolution blocks
@@ -116,65 +123,52 @@ class SpeechEncoder(nn.Module):
         self,
         mixer: str,
         num_layers: int = 12,
-        d_model: int = 576,
+        d_model: int | None = None,
         d_ffn: int = 2048,
         nhead: int = 8,
         mixer_kwargs: dict | None = None,
         dropout: float = 0.1,
         kernel_size: int = 31,
-        layerdrop_prob: float = 0.0,
+        layerdrop_prob: float = 0.05,
         sample_rate: int = 16000,
         n_fft: int = 400,
         n_mels: int = 80,
         hop_length: float = 10,
         cnn_channels: tuple[int, int] = (128, 32),
-        activation: str = "gelu",
-        input_dropout: float = 0.0,
-        input_positions: str | None = None,
-        mixer_output_dropout: bool = True,
-        final_norm_eps: float = 1e-5,
-        init: str = "default",
-        normalization: str = "sentence",
+        activation: str = "swish",
+        input_dropout: float = 0.1,
+        input_positions: str | None = "auto",
+        mixer_output_dropout: bool = False,
+        final_norm_eps: float = 1e-6,
+        init: str = "xavier_normal",
+        normalization: str = "global",
         normalization_until_epoch: int = 4,
         implementation: str = "fast",
     ) -> None:
+        # Every argument, resolved below, is saved with the weights: from_pretrained rebuilds from it.
+        config = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
         if not isinstance(mixer, str):
             raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
-        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
         if not isinstance(activation, str):
             raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
+        mixer_class = resolve_mixer(mixer)
+        if d_model is None:
+            d_model = SIZES["base"].widths.get(mixer)
+            if d_model is None:
+                raise ValueError(f"SpeechEncoder: no paper width for mixer {mixer!r}: give d_model")
+        if input_positions == "auto":
+            input_positions = mixer_class.encoder_input_positions
+        check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
         if implementation not in FRONT_ENDS:
             raise ValueError(f"unknown implementation {implementation!r}; valid: {', '.join(FRONT_ENDS)}")
-        self.config = {
-            "mixer": mixer,
-            "num_layers": num_layers,
-            "d_model": d_model,
-            "d_ffn": d_ffn,
-            "nhead": nhead,
-            "mixer_kwargs": dict(mixer_kwargs or {}),
-            "dropout": dropout,
-            "kernel_size": kernel_size,
-            "layerdrop_prob": layerdrop_prob,
-            "sample_rate": sample_rate,
-            "n_fft": n_fft,
-            "n_mels": n_mels,
-            "hop_length": hop_length,
-            "cnn_channels": list(cnn_channels),
-            "activation": activation,
-            "input_dropout": input_dropout,
-            "input_positions": input_positions,
-            "mixer_output_dropout": mixer_output_dropout,
-            "final_norm_eps": final_norm_eps,
-            "init": init,
-            "normalization": normalization,
-            "normalization_until_epoch": normalization_until_epoch,
-            "implementation": implementation,
-        }
+        config.update(d_model=d_model, input_positions=input_positions, mixer_kwargs=dict(mixer_kwargs or {}),
+                      cnn_channels=list(cnn_channels))
+        self.config = config
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.d_model = d_model
@@ -192,7 +186,7 @@ class SpeechEncoder(nn.Module):
             strides=(2, 2),
             residuals=(False, False),
         )
-        front_end_dim = cnn_channels[-1] * _ceil_div(_ceil_div(n_mels, 2), 2)
+        front_end_dim = cnn_channels[-1] * -(-n_mels // self.frames_per_token)  # two stride-2 halvings
         self.projection = nn.Linear(front_end_dim, d_model)
         self.input_dropout = nn.Dropout(input_dropout)
         self.encoder = MixerConformerEncoder(
@@ -216,6 +210,19 @@ class SpeechEncoder(nn.Module):
                     nn.init.xavier_normal_(parameter)
         if implementation == "fast":
             use_fast_dropout(self)
+
+    @classmethod
+    def paper(cls, size: str, mixer: str, **overrides) -> SpeechEncoder:
+        """The paper's ``size`` ("base" or "large") encoder with ``mixer``, from :mod:`speechbrain_ext.sizes`
+        (the model the shipped BEST-RQ YAMLs build); ``overrides`` replace single settings.
+
+        Example
+        -------
+        >>> encoder = SpeechEncoder.paper("large", "summarymixing", num_layers=1)
+        >>> encoder.d_model, len(encoder.encoder.layers)
+        (976, 1)
+        """
+        return cls(**{**paper_encoder_settings(size, mixer), **overrides})
 
     def set_epoch(self, epoch: float) -> None:
         """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
@@ -292,7 +299,3 @@ class SpeechEncoder(nn.Module):
         encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
         encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
         return encoder
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
