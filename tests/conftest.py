@@ -89,6 +89,22 @@ def demo_run(tmp_path_factory):
     return output, result.stdout
 
 
+def read_skipped(path) -> dict:
+    """{file: reason} of a preparation's list of skipped files (a comment line, then tab-separated rows)."""
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#")
+    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
+
+
+def must_not_run(what: str):
+    """A stand-in for a function a rerun must not call: the test fails with ``what`` if it does."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError(what)
+
+    return fail
+
+
 def read_csv(path):
     """Header and rows (dicts) of a CSV manifest."""
     import csv

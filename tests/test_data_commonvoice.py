@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import read_csv
+from conftest import must_not_run, read_csv, read_skipped
 
 from speechbrain_ext.data import commonvoice
 from speechbrain_ext.data.commonvoice import (
@@ -47,12 +47,6 @@ def read_tsv(path):
 def write_tsv(path, header, rows):
     lines = ["\t".join(header)] + ["\t".join(row.get(col, "") for col in header) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def read_skipped(save):
-    lines = (save / SKIPPED_FILE).read_text().splitlines()
-    assert lines[0].startswith("#")
-    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
 
 
 def test_soundfile_reads_mp3():
@@ -121,7 +115,7 @@ def test_rows_columns_and_durations(corpus, tmp_path):
             assert row["spk_id"] == source["client_id"]
             assert row["wrd"] == normalize_transcript(source["sentence"]) and row["wrd"].isupper()
             assert not re.search(r"[,.!?]", row["wrd"])
-    assert read_skipped(save) == {}
+    assert read_skipped(save / SKIPPED_FILE) == {}
     assert (save / OPT_FILE).is_file()
 
 
@@ -175,11 +169,9 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     csvs = prepare_commonvoice(corpus / "cy", save)
     mtimes = {split: path.stat().st_mtime_ns for split, path in csvs.items()}
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("prepared splits were scanned again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(commonvoice, "_scan_split", no_scan)
+        patch.setattr(commonvoice, "_scan_split", must_not_run("prepared splits were scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
         assert prepare_commonvoice(corpus / "cy", save) == csvs
     assert "already prepared" in caplog.text
@@ -232,7 +224,7 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     _, out = read_csv(csvs["dev"])
     # Header checks only: the corrupted streams pass, the 32 kHz clip is kept.
     assert [row["ID"] for row in out] == sorted([*good, *(n[:-4] for n in corrupted), "common_voice_cy_9"])
-    skipped = read_skipped(save)
+    skipped = read_skipped(save / SKIPPED_FILE)
     expected = {str(clips / name): reason for name, reason in bad.items()}
     expected[str(clips / rows[1]["path"])] = "duplicate"
     expected[f"{cy / 'dev.tsv'}:{1 + len(rows) + len(extra) + 1}"] = "bad_record"  # line 1: the header
@@ -248,7 +240,7 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     # Decoding every clip finds the broken streams too.
     csvs = prepare_commonvoice(cy, save, check_decoding=True)
     assert [row["ID"] for row in read_csv(csvs["dev"])[1]] == [*good, "common_voice_cy_9"]
-    skipped = read_skipped(save)
+    skipped = read_skipped(save / SKIPPED_FILE)
     assert {name: skipped.pop(str(clips / name)) for name in corrupted} == dict.fromkeys(corrupted, "corrupted")
     assert skipped == expected
     assert "corrupted=2" in caplog.text

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import read_csv, write_bad_audio
+from conftest import must_not_run, read_csv, read_skipped, write_bad_audio
 
 from speechbrain_ext.data import iemocap
 from speechbrain_ext.data.iemocap import OPT_FILE, SKIPPED_FILE, prepare_iemocap, speaker_number
@@ -43,12 +43,6 @@ def read_labels(release):
             else:
                 assert line == "" or re.match(r"^[CA]-E\d:\t", line), line
     return labels
-
-
-def read_skipped(save):
-    lines = (save / SKIPPED_FILE).read_text().splitlines()
-    assert lines[0].startswith("#")
-    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
 
 
 def test_toy_layout_like_iemocap(pristine):
@@ -111,7 +105,7 @@ def test_fold_split_rows_and_columns(pristine, tmp_path, test_spk, valid_spk):
             assert float(row["duration"]) == info.frames / info.samplerate
         all_ids += [row["ID"] for row in rows]
     assert len(all_ids) == len(set(all_ids)) == 90
-    assert read_skipped(save) == {}
+    assert read_skipped(save / SKIPPED_FILE) == {}
     assert (save / OPT_FILE).is_file()
 
 
@@ -133,11 +127,9 @@ def test_rerun_skips_and_other_fold_prepares_again(pristine, tmp_path, caplog, m
     csvs = prepare_iemocap(pristine, save, test_spk_id=1)
     mtimes = {name: path.stat().st_mtime_ns for name, path in csvs.items()}
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("a prepared corpus was scanned again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(iemocap, "_collect", no_scan)
+        patch.setattr(iemocap, "_collect", must_not_run("a prepared corpus was scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
         assert prepare_iemocap(pristine, save, test_spk_id=1) == csvs
     assert "already prepared" in caplog.text
@@ -173,7 +165,7 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     save = tmp_path / "save"
     caplog.set_level(logging.INFO, logger=LOGGER)
     csvs = prepare_iemocap(corpus, save, test_spk_id=3)
-    assert read_skipped(save) == bad
+    assert read_skipped(save / SKIPPED_FILE) == bad
     _, test_rows = read_csv(csvs["test"])
     assert len(test_rows) == 9 and not {row["wav"] for row in test_rows} & set(bad)
     for text in ("empty=1", "missing_audio=1", "no_label=1", "not_mono=1", "too_short=1", "unreadable=1"):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import read_csv
+from conftest import must_not_run, read_csv, read_skipped
 
 from speechbrain_ext.data import librispeech
 from speechbrain_ext.data.librispeech import (
@@ -46,12 +46,6 @@ def transcripts(split_dir):
     return out
 
 
-def read_skipped(save):
-    lines = (save / SKIPPED_FILE).read_text().splitlines()
-    assert lines[0].startswith("#")
-    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
-
-
 def test_rows_columns_and_durations(corpus, tmp_path):
     save = tmp_path / "save"
     csvs = prepare_librispeech(corpus, save, splits=SPLITS)
@@ -72,7 +66,7 @@ def test_rows_columns_and_durations(corpus, tmp_path):
             assert float(row["duration"]) == info.frames / info.samplerate
             assert row["spk_id"] == f"{spk}-{chapter}"  # SpeechBrain's LibriSpeech convention
             assert row["wrd"] == texts[row["ID"]] and row["wrd"].isupper()
-    assert read_skipped(save) == {}
+    assert read_skipped(save / SKIPPED_FILE) == {}
     assert (save / OPT_FILE).is_file()
 
 
@@ -87,11 +81,9 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     csvs = prepare_librispeech(corpus, save, splits=SPLITS)
     mtimes = {split: path.stat().st_mtime_ns for split, path in csvs.items()}
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("prepared splits were scanned again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(librispeech, "_scan_split", no_scan)
+        patch.setattr(librispeech, "_scan_split", must_not_run("prepared splits were scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
         again = prepare_librispeech(corpus, save, splits=SPLITS)
     assert again == csvs
@@ -104,7 +96,7 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     assert rows and all(float(row["duration"]) <= 2.5 for row in rows)
     n_long = sum(sf.info(str(p)).duration > 2.5 for p in (corpus / "LibriSpeech" / "dev-clean").rglob("*.flac"))
     assert n_long > 0 and len(rows) == 12 - n_long
-    assert list(read_skipped(save).values()).count("too_long") >= n_long
+    assert list(read_skipped(save / SKIPPED_FILE).values()).count("too_long") >= n_long
 
 
 def test_interrupted_prep_is_redone(corpus, tmp_path, monkeypatch):
@@ -177,7 +169,7 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     _, rows = read_csv(csvs["dev-clean"])
     assert [row["ID"] for row in rows] == good  # all good files remain, no bad one
     assert len(read_csv(csvs["train-clean-100"])[1]) == 12
-    assert read_skipped(save) == {os.path.abspath(path[utt]): reason for utt, reason in bad.items()}
+    assert read_skipped(save / SKIPPED_FILE) == {os.path.abspath(path[utt]): reason for utt, reason in bad.items()}
     for count in ("empty=2", "missing_audio=1", "no_transcript=1", "not_mono=1"):
         assert count in caplog.text
     for count in ("too_short=1", "unreadable=1", "wrong_sample_rate=1"):
@@ -192,7 +184,7 @@ def test_split_without_usable_audio_raises(corpus, tmp_path):
     save = tmp_path / "save"
     with pytest.raises(ValueError, match=r"'dev-clean'.*no usable utterance.*empty"):
         prepare_librispeech(corpus, save, splits=SPLITS)
-    assert list(read_skipped(save).values()) == ["empty"] * 12
+    assert list(read_skipped(save / SKIPPED_FILE).values()) == ["empty"] * 12
     assert not (save / "dev-clean.csv").exists() and not (save / OPT_FILE).exists()
 
 

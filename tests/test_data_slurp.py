@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import read_csv, write_bad_audio
+from conftest import must_not_run, read_csv, read_skipped, write_bad_audio
 
 from speechbrain_ext.data import slurp
 from speechbrain_ext.data.slurp import CSV_HEADER, OPT_FILE, SCENARIOS, SKIPPED_FILE, prepare_slurp
@@ -33,12 +33,6 @@ def pristine(tmp_path_factory):
 def read_jsonl(root, split):
     lines = (root / "dataset" / "slurp" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
-
-
-def read_skipped(save):
-    lines = (save / SKIPPED_FILE).read_text().splitlines()
-    assert lines[0].startswith("#")
-    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
 
 
 def test_scenario_list():
@@ -119,7 +113,7 @@ def test_rows_columns_and_durations(corpus, tmp_path):
                 entry["intent"],
             )
             assert row["transcript"] == entry["sentence"].upper()
-    assert read_skipped(save) == {}
+    assert read_skipped(save / SKIPPED_FILE) == {}
     assert (save / OPT_FILE).is_file()
 
 
@@ -153,11 +147,9 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     csvs = prepare_slurp(corpus, save)
     mtimes = {split: path.stat().st_mtime_ns for split, path in csvs.items()}
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("prepared splits were scanned again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(slurp, "_scan_split", no_scan)
+        patch.setattr(slurp, "_scan_split", must_not_run("prepared splits were scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
         assert prepare_slurp(corpus, save) == csvs
     assert "already prepared" in caplog.text
@@ -168,7 +160,7 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     _, rows = read_csv(csvs["train"])
     durations = [sf.info(str(p)).duration for p in (corpus / "slurp_real").iterdir()]
     assert rows and all(float(row["duration"]) <= 2.5 for row in rows)
-    assert any(d > 2.5 for d in durations) and "too_long" in read_skipped(save).values()
+    assert any(d > 2.5 for d in durations) and "too_long" in read_skipped(save / SKIPPED_FILE).values()
 
 
 def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import read_csv, write_bad_audio
+from conftest import must_not_run, read_csv, read_skipped, write_bad_audio
 
 from speechbrain_ext.data import voxceleb
 from speechbrain_ext.data.toy import write_toy_voxceleb1
@@ -36,12 +36,6 @@ def prepared(pristine, tmp_path_factory):
 
 def read_trials(vox):
     return [line.split() for line in (vox / "meta" / "veri_test2.txt").read_text().splitlines()]
-
-
-def read_skipped(save):
-    lines = (save / SKIPPED_FILE).read_text().splitlines()
-    assert lines[0].startswith("#")
-    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
 
 
 def test_toy_layout_like_voxceleb1(pristine):
@@ -115,7 +109,7 @@ def test_manifests_rows_columns_and_speaker_separation(pristine, prepared):
     assert trials == expected
     test_ids = [row["ID"] for row in tables["test"]]
     assert set(test_ids) == {t[k] for t in trials for k in ("enrol", "test")}  # every trial ID, nothing else
-    assert read_skipped(save) == {}
+    assert read_skipped(save / SKIPPED_FILE) == {}
     assert (save / OPT_FILE).is_file()
 
 
@@ -159,11 +153,9 @@ def test_rerun_skips_and_changes_prepare_again(corpus, tmp_path, caplog, monkeyp
     csvs = prepare_voxceleb1(corpus, save)
     mtimes = {name: path.stat().st_mtime_ns for name, path in csvs.items()}
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("a prepared corpus was scanned again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(voxceleb, "_scan", no_scan)
+        patch.setattr(voxceleb, "_scan", must_not_run("a prepared corpus was scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
         assert prepare_voxceleb1(corpus, save) == csvs
     assert "already prepared" in caplog.text
@@ -204,7 +196,7 @@ def test_bad_files_are_skipped_counted_and_trials_dropped(corpus, tmp_path, capl
     caplog.set_level(logging.INFO, logger=LOGGER)
     csvs = prepare_voxceleb1(corpus, save)
 
-    assert read_skipped(save) == bad
+    assert read_skipped(save / SKIPPED_FILE) == bad
     listed = {row["wav"] for name in ("train", "valid", "test") for row in read_csv(csvs[name])[1]}
     assert not listed & set(bad) and len(listed) == 54 - 1  # every good file, no bad one
     _, kept = read_csv(csvs["trials"])
