@@ -169,7 +169,6 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     csvs = prepare_commonvoice(corpus / "cy", save)
     mtimes = {split: path.stat().st_mtime_ns for split, path in csvs.items()}
 
-
     with monkeypatch.context() as patch:
         patch.setattr(commonvoice, "_scan_split", must_not_run("prepared splits were scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)

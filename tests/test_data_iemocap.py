@@ -127,7 +127,6 @@ def test_rerun_skips_and_other_fold_prepares_again(pristine, tmp_path, caplog, m
     csvs = prepare_iemocap(pristine, save, test_spk_id=1)
     mtimes = {name: path.stat().st_mtime_ns for name, path in csvs.items()}
 
-
     with monkeypatch.context() as patch:
         patch.setattr(iemocap, "_collect", must_not_run("a prepared corpus was scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)

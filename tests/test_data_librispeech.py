@@ -81,7 +81,6 @@ def test_rerun_skips_and_changed_options_rescan(corpus, tmp_path, caplog, monkey
     csvs = prepare_librispeech(corpus, save, splits=SPLITS)
     mtimes = {split: path.stat().st_mtime_ns for split, path in csvs.items()}
 
-
     with monkeypatch.context() as patch:
         patch.setattr(librispeech, "_scan_split", must_not_run("prepared splits were scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)

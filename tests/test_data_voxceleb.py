@@ -153,7 +153,6 @@ def test_rerun_skips_and_changes_prepare_again(corpus, tmp_path, caplog, monkeyp
     csvs = prepare_voxceleb1(corpus, save)
     mtimes = {name: path.stat().st_mtime_ns for name, path in csvs.items()}
 
-
     with monkeypatch.context() as patch:
         patch.setattr(voxceleb, "_scan", must_not_run("a prepared corpus was scanned again"))
         caplog.set_level(logging.INFO, logger=LOGGER)
