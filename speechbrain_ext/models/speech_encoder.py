@@ -148,27 +148,9 @@ class SpeechEncoder(nn.Module):
         # Every argument, resolved below, is saved with the weights: from_pretrained rebuilds from it.
         config = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
-        if not isinstance(mixer, str):
-            raise TypeError(f"SpeechEncoder needs a mixer name (saved with the weights), got {mixer!r}")
-        if not isinstance(activation, str):
-            raise TypeError(f"SpeechEncoder needs an activation name (saved with the weights), got {activation!r}")
-        mixer_class = resolve_mixer(mixer)
-        if d_model is None:
-            d_model = SIZES["base"].widths.get(mixer)
-            if d_model is None:
-                raise ValueError(f"SpeechEncoder: no paper width for mixer {mixer!r}: give d_model")
-        if input_positions == "auto":
-            input_positions = mixer_class.encoder_input_positions
+        self.config = config = _resolved_settings(config)
+        d_model, input_positions = config["d_model"], config["input_positions"]
         check_encoder_options(num_layers, d_model, d_ffn, nhead, kernel_size, dropout, layerdrop_prob)
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
-        if implementation not in FRONT_ENDS:
-            raise ValueError(f"unknown implementation {implementation!r}; valid: {', '.join(FRONT_ENDS)}")
-        config.update(d_model=d_model, input_positions=input_positions, mixer_kwargs=dict(mixer_kwargs or {}),
-                      cnn_channels=list(cnn_channels))
-        self.config = config
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.d_model = d_model
@@ -299,3 +281,23 @@ class SpeechEncoder(nn.Module):
         encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
         encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
         return encoder
+
+
+def _resolved_settings(config: dict) -> dict:
+    """``SpeechEncoder``'s arguments with the defaults that depend on the mixer filled in (``d_model=None``,
+    ``input_positions="auto"``), as plain JSON values; a clear error for an unknown name."""
+    mixer = config["mixer"]
+    for name in ("mixer", "activation"):
+        if not isinstance(config[name], str):
+            raise TypeError(f"SpeechEncoder needs a {name} name (saved with the weights), got {config[name]!r}")
+    for name, valid in (("init", INITS), ("normalization", NORMALIZATIONS), ("implementation", tuple(FRONT_ENDS))):
+        if config[name] not in valid:
+            raise ValueError(f"unknown {name} {config[name]!r}; valid: {', '.join(valid)}")
+    resolved = dict(config, mixer_kwargs=dict(config["mixer_kwargs"] or {}), cnn_channels=list(config["cnn_channels"]))
+    if resolved["d_model"] is None:
+        resolved["d_model"] = SIZES["base"].widths.get(mixer)
+        if resolved["d_model"] is None:
+            raise ValueError(f"SpeechEncoder: no paper width for mixer {mixer!r}: give d_model")
+    if resolved["input_positions"] == "auto":
+        resolved["input_positions"] = resolve_mixer(mixer).encoder_input_positions
+    return resolved
