@@ -1,9 +1,9 @@
 """The paper's base and large models in one table (Whetten et al. 2024).
 
 Read by the tests of the shipped YAMLs (``recipes/LibriSpeech/BEST-RQ/hparams/{base,large}``),
-by ``SpeechEncoder.paper``, ``speechbrain_ext.bench`` and docs/fidelity.md. Widths equalise parameters across mixers; the
-totals are those of the experiment code (front-end + encoder + the 8192-way head), measured
-from whettenr/brq-att-alt-exp ``hparams/*.yaml`` on whettenr/speechbrain-fork.
+by ``SpeechEncoder.paper``, ``speechbrain_ext.bench`` and docs/fidelity.md. Widths equalise
+parameters across mixers; the totals are those of the experiment code (front-end + encoder + the
+8192-way head), measured from whettenr/brq-att-alt-exp ``hparams/*.yaml`` on whettenr/speechbrain-fork.
 
 Example
 -------

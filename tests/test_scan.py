@@ -3,6 +3,8 @@
 import pytest
 import torch
 from conftest import LargestTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from speechbrain_ext.mixers import scan
 from speechbrain_ext.mixers.mamba import BidirectionalMamba, MambaBlock, reverse_valid_frames
@@ -27,7 +29,9 @@ def scan_inputs(batch=2, channels=6, states=4, length=37, dtype=torch.float64):
     return {name: t.to(dtype).requires_grad_() for name, t in tensors.items()}
 
 
-@pytest.mark.parametrize("fused", FUSED)
+# float64 gradcheck of the numba kernels: about 30 s, most of it compiling their float64 versions.
+@pytest.mark.parametrize("fused", [pytest.param(False, id="pytorch"),
+                                   pytest.param(True, id="numba", marks=pytest.mark.slow)])
 def test_chunked_scan_gradcheck(fused):
     """float64 gradcheck of the chunked autograd function (through selective_scan), 3 chunks of 3."""
     inputs = scan_inputs(batch=2, channels=3, states=2, length=8)
@@ -200,16 +204,82 @@ def test_mamba_state_dict_uses_mamba_ssm_names():
     }
 
 
-def test_scan_backward_is_linear_in_length():
-    """The backward graph must not grow quadratically: time 4x the length, expect about 4x."""
-    import time
+class Allocations(TorchDispatchMode):
+    """Counts the ops run and the bytes of the new storages they return.
 
-    def run(length):
-        inputs = scan_inputs(batch=1, channels=8, states=4, length=length, dtype=torch.float32)
-        start = time.perf_counter()
-        selective_scan(**inputs, delta_softplus=True).sum().backward()
-        return time.perf_counter() - start
+    A view or an in-place result shares a storage with an input and is not new; several outputs
+    of one op on one storage count once.
+    """
 
-    run(200)
-    short, long = min(run(1000) for _ in range(3)), min(run(4000) for _ in range(3))
-    assert long / short < 10, (short, long)
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.bytes = 0
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        seen = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in seen:
+                seen.add(tensor.untyped_storage().data_ptr())
+                size = tensor.untyped_storage().nbytes()
+                self.bytes += size
+                self.largest = max(self.largest, size)
+        return out
+
+
+def forward_backward(function, length):
+    """The ops and allocations of one forward and backward of ``function`` at ``length``."""
+    inputs = scan_inputs(batch=2, channels=8, states=4, length=length, dtype=torch.float32)
+    with Allocations() as recorded:
+        function(inputs).sum().backward()
+    return recorded
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_scan_backward_is_linear_in_length(fused):
+    """The backward graph must not grow quadratically: at 4x the length, forward + backward run at
+    most 4x the ops and allocate at most 4x the bytes (in all, and in their largest tensor)."""
+
+    def scan_of(inputs):
+        return selective_scan(**inputs, delta_softplus=True, chunk_size=16, fused=fused)
+
+    short, long = forward_backward(scan_of, 256), forward_backward(scan_of, 1024)
+    assert short.bytes >= 3 * 2 * 8 * 256 * 4, short.bytes  # at least the gradients of u, delta and z
+    assert long.ops <= 4 * short.ops, (short.ops, long.ops)
+    assert long.bytes <= 4 * short.bytes, (short.bytes, long.bytes)
+    assert long.largest <= 4 * short.largest, (short.largest, long.largest)
+
+    # The same measure on a quadratic form of a scan (a lower-triangular (L, L) product) grows 16x.
+    def quadratic(inputs):
+        length = inputs["u"].shape[-1]
+        return inputs["u"] @ torch.ones(length, length).tril()
+
+    assert forward_backward(quadratic, 1024).bytes > 10 * forward_backward(quadratic, 256).bytes
+
+
+def test_numba_thread_count_is_set_only_when_torch_changes_it(monkeypatch):
+    """The fused scan follows torch.set_num_threads, changing numba's thread count only when it differs."""
+    import numba
+
+    if scan.numba_kernels() is None or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs numba with at least two threads")
+    calls = []
+    set_num_threads = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda count: (calls.append(count), set_num_threads(count)))
+    inputs = {k: v.detach() for k, v in scan_inputs(length=8, dtype=torch.float32).items()}
+    threads = torch.get_num_threads()
+    expected = selective_scan(**inputs, delta_softplus=True, fused=True)
+    calls.clear()
+    try:
+        for count in (threads, threads, 1, 1, threads):
+            torch.set_num_threads(count)
+            torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True, fused=True), expected,
+                                       rtol=0, atol=0)
+            assert numba.get_num_threads() == min(count, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(threads)
+    limit = min(threads, numba.config.NUMBA_NUM_THREADS)
+    assert calls == ([1, limit] if limit > 1 else []), calls

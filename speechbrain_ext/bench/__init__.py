@@ -1,1 +1,4 @@
-"""Speed and memory measurements of the mixers."""
+"""All benchmark code: speed and memory against input length (``python -m speechbrain_ext.bench``,
+:mod:`~speechbrain_ext.bench.speed_memory`), its tables (:mod:`~speechbrain_ext.bench.report`), one mixer
+layer on the CPU (:mod:`~speechbrain_ext.bench.cpu_mixers`) and Mamba's selective scan on the CPU
+(:mod:`~speechbrain_ext.bench.scan_cpu`). docs/benchmarks.md describes them and their results."""

@@ -10,6 +10,7 @@ the paper's base encoder (12 layers, widths equalised across mixers).
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -60,9 +61,10 @@ def time_mixer(mixer: str, batch: int, length: int, d_model: int, nhead: int, re
 
 
 def run(
-    lengths: list[int], batch: int, d_model: int, nhead: int, repeats: int, output: Optional[Path] = None
+    lengths: list[int], batch: int, d_model: int, nhead: int, repeats: int, output: Optional[Path] = None,
+    command: Optional[str] = None,
 ) -> str:
-    """Times every mixer and returns (and optionally writes) the table as Markdown."""
+    """Times every mixer and returns (and optionally writes) the table as Markdown, after ``command``."""
     torch.manual_seed(0)
     names = list(MIXERS)
     seconds = {}
@@ -84,7 +86,7 @@ def run(
         f"one mixer layer, batch {batch}, d_model {d_model}, {nhead} heads, float32, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, median of {repeats}"
     )
-    report = f"{setting}\n\n{table}\n"
+    report = (f"`{command}`\n\n" if command else "") + f"{setting}\n\n{table}\n"
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(report)
@@ -100,7 +102,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
-    print(run(args.lengths, args.batch, args.d_model, args.nhead, args.repeats, args.output))
+    command = "python -m speechbrain_ext.bench.cpu_mixers " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(run(args.lengths, args.batch, args.d_model, args.nhead, args.repeats, args.output, command.strip()))
 
 
 if __name__ == "__main__":

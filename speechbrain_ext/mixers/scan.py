@@ -354,7 +354,7 @@ def _use_fused(fused: Optional[bool], u, delta, A, delta_bias, delta_softplus: b
     if problem is not None and fused:
         raise ValueError(f"selective_scan: fused=True cannot run: {problem}")
     if problem is None:
-        numba_kernels().set_threads(torch.get_num_threads())  # follow torch.set_num_threads
+        numba_kernels().set_threads(torch.get_num_threads())  # follow torch.set_num_threads when it changes
     return problem is None
 
 

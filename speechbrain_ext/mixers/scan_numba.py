@@ -245,5 +245,11 @@ def self_check() -> None:
 
 
 def set_threads(count: int) -> None:
-    """Runs the kernels on ``count`` threads (at most the threads numba started with)."""
-    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    """Runs the kernels on ``count`` threads (at most the threads numba started with).
+
+    numba's thread count is changed only when it differs from ``count``, so a scan call with
+    the same torch thread count as the last one changes no global state.
+    """
+    count = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != count:
+        numba.set_num_threads(count)

@@ -1,9 +1,9 @@
 """CPU time of forward + backward of a bidirectional Mamba mixer, i.e. of its selective scan.
 
-    python benchmarks/scan_cpu.py                            # this tree's scan, default chunk size
-    python benchmarks/scan_cpu.py --chunk-sizes 16 32 64 128 # sweep the chunk size
-    python benchmarks/scan_cpu.py --baseline old_scan.py     # also a saved copy of scan.py, interleaved
-    python benchmarks/scan_cpu.py --implementations          # the PyTorch scan against the fused numba kernels
+    python -m speechbrain_ext.bench.scan_cpu                            # the scan, default chunk size
+    python -m speechbrain_ext.bench.scan_cpu --chunk-sizes 16 32 64 128 # sweep the chunk size
+    python -m speechbrain_ext.bench.scan_cpu --baseline old_scan.py     # also a saved copy of scan.py
+    python -m speechbrain_ext.bench.scan_cpu --implementations          # PyTorch ops against the numba kernels
 
 Variants run interleaved, repeat after repeat, so that a noisy machine slows them alike; compare
 the ratios. ``--rss`` also runs one forward + backward per variant in a fresh process and prints
@@ -63,7 +63,7 @@ def make(args, length):
 
 def peak_rss_mib(args, name, length):
     """Peak RSS of a fresh process running one forward + backward with one variant."""
-    command = [sys.executable, __file__, "--child", name, "--lengths", str(length)]
+    command = [sys.executable, "-m", "speechbrain_ext.bench.scan_cpu", "--child", name, "--lengths", str(length)]
     if args.threads:
         command += ["--threads", str(args.threads)]
     command += ["--batch", str(args.batch), "--d-model", str(args.d_model), "--d-state", str(args.d_state)]
@@ -76,7 +76,7 @@ def peak_rss_mib(args, name, length):
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="a saved scan.py to time beside this tree's")
     parser.add_argument("--chunk-sizes", type=int, nargs="*")
@@ -90,7 +90,7 @@ def main():
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS per variant")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     scans = variants(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,26 +104,32 @@ def main():
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={args.batch}, E={args.d_model}")
-    for length in args.lengths:
-        mixer, x = make(args, length)
-        times = {name: [] for name in scans}
-        for scan in scans.values():  # warm-up
-            mamba.selective_scan = scan
-            step(mixer, x)
-        for _ in range(args.repeats):
-            for name, scan in scans.items():
-                mamba.selective_scan = scan
-                times[name].append(step(mixer, x))
-        reference = statistics.median(next(iter(times.values())))
-        for name, seconds in times.items():
-            median = statistics.median(seconds)
-            line = f"T={length:5d} {name:>10}: median {median:.3f} s, min {min(seconds):.3f} s"
-            line += f", {reference / median:.2f}x faster than {next(iter(times))}"
-            if args.rss:
-                line += f", peak RSS {peak_rss_mib(args, name, length):.0f} MiB"
-            print(line, flush=True)
-    mamba.selective_scan = selective_scan
+    try:
+        for length in args.lengths:
+            time_length(args, scans, length)
+    finally:
+        mamba.selective_scan = selective_scan
 
+
+def time_length(args, scans, length):
+    """Times every variant at one length, interleaved, and prints one line per variant."""
+    mixer, x = make(args, length)
+    times = {name: [] for name in scans}
+    for scan in scans.values():  # warm-up
+        mamba.selective_scan = scan
+        step(mixer, x)
+    for _ in range(args.repeats):
+        for name, scan in scans.items():
+            mamba.selective_scan = scan
+            times[name].append(step(mixer, x))
+    reference = statistics.median(next(iter(times.values())))
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        line = f"T={length:5d} {name:>10}: median {median:.3f} s, min {min(seconds):.3f} s"
+        line += f", {reference / median:.2f}x faster than {next(iter(times))}"
+        if args.rss:
+            line += f", peak RSS {peak_rss_mib(args, name, length):.0f} MiB"
+        print(line, flush=True)
 
 if __name__ == "__main__":
     main()
