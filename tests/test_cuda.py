@@ -1,6 +1,6 @@
 """Checks that need a CUDA device (and, for some, mamba_ssm's compiled kernels); skipped cleanly elsewhere.
 
-benchmarks/gpu_check.sh runs this file on the GPU machine, before and after building mamba-ssm.
+benchmarks/gpu_check.sh runs this file on a CUDA machine, before and after building mamba-ssm.
 """
 
 import pytest
