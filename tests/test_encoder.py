@@ -133,3 +133,46 @@ def test_recipe_widths_equalise_parameters(size, name):
     count = count_parameters(size, name)
     assert (85e6 < reference < 92e6) if size == "base" else (300e6 < reference < 340e6)
     assert abs(count / reference - 1) < 0.03, (name, count, reference)
+
+
+def _layerdrop_worker(rank: int, world_size: int, port: int, seed: int, queue) -> None:
+    """One DDP process: the blocks LayerDrop runs in three training steps (a block that ran is hooked)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(seed)  # the same seed on every rank, as SpeechBrain's seed_everything
+        encoder = MixerConformerEncoder(12, 16, 32, 2, mixer="fastformer", kernel_size=3, layerdrop_prob=0.5).train()
+        ran: list[int] = []
+        for index, layer in enumerate(encoder.layers):
+            layer.register_forward_hook(lambda module, args, out, index=index: ran.append(index))
+        steps = []
+        for _ in range(3):
+            ran.clear()
+            encoder(torch.randn(1, 6, 16))
+            steps.append(list(ran))
+        queue.put((rank, steps, torch.rand(()).item()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _layerdrop_run(seed: int, port: int) -> dict:
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_layerdrop_worker, args=(2, port, seed, queue), nprocs=2, start_method="spawn")
+    results = [queue.get() for _ in range(2)]
+    return {rank: (steps, after) for rank, steps, after in results}
+
+
+def test_layerdrop_draws_differ_across_ranks_and_repeat_across_reruns():
+    """Under 2-process DDP each rank skips its own blocks (as the paper's per-GPU draws), the same ones
+    again in a rerun with the seed, and the ranks' global random streams stay in step."""
+    first = _layerdrop_run(seed=7, port=29561)
+    again = _layerdrop_run(seed=7, port=29562)
+    assert first == again
+    (steps0, after0), (steps1, after1) = first[0], first[1]
+    assert steps0 != steps1
+    assert all(0 < len(ran) < 12 for ran in steps0 + steps1)
+    assert after0 == after1  # both ranks consumed the same draws

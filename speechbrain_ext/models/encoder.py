@@ -93,6 +93,20 @@ def check_encoder_options(
         raise ValueError(f"MixerConformerEncoder: layerdrop_prob must be in [0, 1), got {layerdrop_prob}")
 
 
+def layerdrop_decisions(num_layers: int, prob: float) -> list[bool]:
+    """Which of ``num_layers`` blocks LayerDrop skips in this step, on this process.
+
+    Every process draws a (num_layers, world_size) table from torch's global generator and reads
+    its own column: the ranks skip different blocks (the paper's code draws on each GPU from its own
+    generator), while every rank's global random stream stays the same, so the draws are reproducible
+    from the seed and the rank and resume exactly with the generator states a checkpoint holds.
+    """
+    rank, world_size = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return (torch.rand(num_layers, world_size)[:, rank] < prob).tolist()
+
+
 class MixerConformerLayer(nn.Module):
     """One Conformer block with ``mixer`` in place of self-attention.
 
@@ -203,7 +217,9 @@ class MixerConformerEncoder(nn.Module):
         the paper's code: Swish).
     layerdrop_prob : float
         Probability of skipping each block while training (LayerDrop, Fan et al. 2019). Under
-        DDP, skipped blocks leave parameters unused: set ``find_unused_parameters``.
+        DDP each process draws its own blocks, as the paper's code does (see
+        :func:`layerdrop_decisions`), and skipped blocks leave parameters unused: set
+        ``find_unused_parameters``.
     output_hidden_states : bool
         Also return the block input and every block output (as SpeechBrain's ``ConformerEncoder``).
     mixer_kwargs : dict, optional
@@ -347,8 +363,10 @@ class MixerConformerEncoder(nn.Module):
         hidden = [src] if output_hidden_states else None
         attentions = []
         x = src
-        for layer in self.layers:
-            skip = self.training and self.layerdrop_prob > 0 and torch.rand(()) < self.layerdrop_prob
+        skipped = [False] * len(self.layers)
+        if self.training and self.layerdrop_prob > 0:
+            skipped = layerdrop_decisions(len(self.layers), self.layerdrop_prob)
+        for layer, skip in zip(self.layers, skipped):
             if not skip:
                 x = layer(x, src_key_padding_mask, pos_embs, attn_mask=src_mask)
                 attentions.append(None)
