@@ -118,3 +118,4 @@ def test_target_counts_are_the_masked_frames_targets():
     mask = compute_span_mask(lengths, feats.shape[1], model.mask_prob, span, model.per_utterance_mask)
     expected = torch.bincount(targets[mask[:, ::span]], minlength=64)
     assert torch.equal(out.target_counts, expected)
+

@@ -135,9 +135,9 @@ def test_no_huge_tensor():
     assert torch.equal(targets, ours(x))
 
 
-def test_autocast_bf16_matches_fp32():
+def test_float32_precision_ignores_bf16_autocast():
     torch.manual_seed(0)
-    q = RandomProjectionQuantizer(320, 16, 8192, seed=0)
+    q = RandomProjectionQuantizer(320, 16, 8192, seed=0, precision="float32")
     x = torch.randn(4, 100, 320)
     reference = q(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -191,3 +191,18 @@ def test_time_norm_depends_on_padding_frame_norm_does_not():
     assert not torch.equal(time(utterance), time(padded)[:, :20])
     with pytest.raises(ValueError, match="unknown norm 'channel'"):
         RandomProjectionQuantizer(40, norm="channel")
+
+
+def test_targets_follow_the_callers_autocast_unless_float32():
+    """The paper's code projects inside the run's autocast; ``precision="float32"`` ignores it."""
+    paper = RandomProjectionQuantizer(320, seed=0)
+    float32 = RandomProjectionQuantizer(320, seed=0, precision="float32")
+    x = torch.randn(4, 200, 320)
+    assert torch.equal(paper(x), float32(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_autocast, kept = paper(x), float32(x)
+    assert torch.equal(kept, float32(x))
+    assert (in_autocast != kept).any()  # a bf16 projection moves some frames to a neighbouring code
+    assert (in_autocast == kept).float().mean() > 0.5
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        RandomProjectionQuantizer(320, precision="fp8")

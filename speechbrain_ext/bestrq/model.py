@@ -54,6 +54,10 @@ class BestRQ(nn.Module):
         mask per utterance.
     quantizer_seed : int, optional
         Seed of the quantizer's frozen projection and codebooks.
+    target_precision : str
+        ``"autocast"`` (the paper's code: the quantizer's projection inside the run's fp16/bf16
+        autocast) or ``"float32"`` (see ``RandomProjectionQuantizer``). The fbank is float32 either
+        way, as SpeechBrain's ``Fbank`` computes it in the paper's code.
     quantizer_norm : str
         ``"frame"`` (default: targets depend on the utterance only, not on its batch's padding) or
         ``"time"``: the paper's code's normalisation over the padded time axis (see
@@ -78,6 +82,7 @@ class BestRQ(nn.Module):
         per_utterance_mask: bool = False,
         quantizer_seed: int | None = None,
         quantizer_norm: str = "frame",
+        target_precision: str = "autocast",
     ) -> None:
         super().__init__()
         check_sizes("BestRQ", cb_dim=cb_dim, cb_vocab=cb_vocab, num_codebooks=num_codebooks)
@@ -88,7 +93,8 @@ class BestRQ(nn.Module):
         self.speech_encoder = speech_encoder
         stacked_dim = speech_encoder.n_mels * speech_encoder.frames_per_token
         self.quantizer = RandomProjectionQuantizer(
-            stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed, norm=quantizer_norm
+            stacked_dim, cb_dim, cb_vocab, num_codebooks, seed=quantizer_seed, norm=quantizer_norm,
+            precision=target_precision,
         )
         self.heads = nn.ModuleList(nn.Linear(speech_encoder.d_model, cb_vocab) for _ in range(num_codebooks))
         self.mask_prob = mask_prob

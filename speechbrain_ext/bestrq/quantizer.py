@@ -15,11 +15,14 @@ over the whole padded sequence, so an utterance's targets depend on the batch's 
 default ``norm="frame"`` normalises each frame on its own.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("frame", "time")
+PRECISIONS = ("autocast", "float32")
 
 
 class RandomProjectionQuantizer(nn.Module):
@@ -61,6 +64,12 @@ class RandomProjectionQuantizer(nn.Module):
         ``"frame"``: each projected frame to unit L2 norm; ``"time"``: each channel of the
         projection to unit L2 norm over the (padded) time axis, as the paper's code does. The
         codes are unit vectors, so the argmax of dot products is the nearest code either way.
+    precision : str
+        ``"autocast"``: the projection in the caller's autocast dtype, as the paper's code computes
+        ``x @ P`` inside the run's fp16/bf16 autocast (its normalisation and distances then run in
+        float32); ``"float32"``: the projection in float32 whatever the caller's autocast. The
+        normalisation and the nearest-code search are float32 either way, and the targets are the
+        same outside autocast.
 
     Example
     -------
@@ -79,11 +88,17 @@ class RandomProjectionQuantizer(nn.Module):
         seed: int | None = None,
         chunk_size: int = 4096,
         norm: str = "frame",
+        precision: str = "autocast",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"RandomProjectionQuantizer: unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"RandomProjectionQuantizer: unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}"
+            )
         self.norm = norm
+        self.precision = precision
         sizes = {
             "input_dim": input_dim,
             "cb_dim": cb_dim,
@@ -193,11 +208,15 @@ class RandomProjectionQuantizer(nn.Module):
         targets = torch.empty(
             batch * time, self.num_codebooks, dtype=torch.long, device=x.device
         )
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        float32 = self.precision == "float32"
+        if float32:
             x = x.float()
-            for k in range(self.num_codebooks):
-                projected = x @ self.projections[k].float()  # (B, T, cb_dim)
-                projected = F.normalize(projected, dim=-1 if self.norm == "frame" else 1)
+        for k in range(self.num_codebooks):
+            # "autocast": the projection in whatever autocast the caller runs (the paper's code: the run's).
+            with torch.autocast(device_type=x.device.type, enabled=False) if float32 else contextlib.nullcontext():
+                projected = x @ self.projections[k].to(x.dtype)  # (B, T, cb_dim)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                projected = F.normalize(projected.float(), dim=-1 if self.norm == "frame" else 1)
                 projected = projected.reshape(batch * time, self.cb_dim)
                 codes_t = self.codebooks[k].float().t()
                 for start in range(0, projected.shape[0], self.chunk_size):
@@ -208,5 +227,5 @@ class RandomProjectionQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"input_dim={self.input_dim}, cb_dim={self.cb_dim}, cb_vocab={self.cb_vocab}, "
-            f"num_codebooks={self.num_codebooks}, seed={self.seed}, norm={self.norm}"
+            f"num_codebooks={self.num_codebooks}, seed={self.seed}, norm={self.norm}, precision={self.precision}"
         )
