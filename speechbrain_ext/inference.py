@@ -68,9 +68,13 @@ class MixerEncoder(Pretrained):
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
-        if savedir is None and Path(str(source)).is_dir():
-            kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
-            savedir = source
+        """SpeechBrain's ``from_hparams``; a local folder is read in place without ``savedir``, and its
+        ``hyperparams.yaml`` must describe the encoder of its ``encoder_config.json``."""
+        if Path(str(source)).is_dir():
+            SpeechEncoder.read_config(source)  # the folder's two descriptions agree (or a clear error)
+            if savedir is None:
+                kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
+                savedir = source
         return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
 
     @property

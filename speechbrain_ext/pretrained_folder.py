@@ -38,7 +38,13 @@ def package_versions() -> dict[str, str]:
 
 def write_hyperparams(folder: Path, config: dict, weights_file: str) -> None:
     """``hyperparams.yaml``: rebuilds the encoder from its settings and loads ``weights_file``
-    (strictly, ``weights_only=True``) through SpeechBrain's Pretrainer."""
+    (strictly, ``weights_only=True``) through SpeechBrain's Pretrainer.
+
+    The Pretrainer is given no path: it then reads ``<loadable>.ckpt`` from the folder ``from_hparams``
+    loads (a bare file name would be read from the working directory instead).
+    """
+    if weights_file != "encoder.ckpt":
+        raise ValueError(f"the Pretrainer reads the loadable 'encoder' from encoder.ckpt, not {weights_file}")
     settings = json.dumps(config)  # JSON is YAML: one line that hyperpyyaml reads back as the same dict
     text = f"""# Written by speechbrain_ext when the encoder was exported. Load with
 #   from speechbrain_ext.inference import MixerEncoder
@@ -55,13 +61,32 @@ modules:
 pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:
         encoder: !ref <encoder>
-    paths:
-        encoder: {weights_file}
     custom_hooks:
         encoder: !name:speechbrain_ext.inference.load_encoder_weights
 """
     with atomic_writer(folder / HPARAMS_FILE) as handle:
         handle.write(text)
+
+
+def check_settings_agree(folder: Path, settings: dict) -> None:
+    """A clear error when the folder's ``hyperparams.yaml`` builds another encoder than ``settings``
+    (those of ``encoder_config.json``): the two loaders would otherwise build two different models."""
+    path = Path(folder) / HPARAMS_FILE
+    if not path.is_file():
+        return
+    prefix = "encoder_config: "  # write_hyperparams writes the settings as one line of JSON
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(prefix)]
+    try:
+        written = json.loads(lines[0][len(prefix):])
+    except (IndexError, json.JSONDecodeError):
+        raise ValueError(f"{path} has no one-line JSON encoder_config: it is not the hyperparams.yaml of an "
+                         "exported encoder (SpeechEncoder.save_pretrained writes one)") from None
+    differing = sorted(key for key in set(written) | set(settings) if written.get(key) != settings.get(key))
+    if differing:
+        details = "; ".join(f"{key}: {written.get(key)!r} in {HPARAMS_FILE}, {settings.get(key)!r} in the "
+                            f"settings file" for key in differing)
+        raise ValueError(f"{folder}: {HPARAMS_FILE} and encoder_config.json describe different encoders ({details}); "
+                         "re-export the encoder (SpeechEncoder.save_pretrained) or correct one of them")
 
 
 def write_model_card(folder: Path, config: dict, num_parameters: int, card: Optional[dict[str, Any]] = None) -> None:

@@ -1,5 +1,7 @@
 """Exported encoder folders are SpeechBrain pretrained models: from_hparams, encode_file, model card."""
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -106,3 +108,37 @@ def test_model_card(exported):
         assert text in card, text
     params = sum(p.numel() for p in SpeechEncoder.from_pretrained(exported).parameters())
     assert f"| parameters | {params:,}" in card
+
+
+def test_weights_come_from_the_loaded_folder_never_the_working_directory(exported, tmp_path, monkeypatch):
+    """A folder without weights is refused even when the working directory holds an encoder.ckpt, and a folder
+    loaded with another ``savedir`` from another working directory gives the same encoder."""
+    monkeypatch.chdir(tmp_path)
+    other = SpeechEncoder("fastformer", num_layers=2, d_model=32, d_ffn=64, nhead=4)
+    torch.save(other.state_dict(), tmp_path / "encoder.ckpt")
+    without_weights = tmp_path / "without_weights"
+    without_weights.mkdir()
+    for name in ("hyperparams.yaml", "encoder_config.json", "README.md"):
+        (without_weights / name).write_bytes((exported / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="missing encoder.ckpt"):
+        MixerEncoder.from_hparams(source=str(without_weights))
+
+    in_place = MixerEncoder.from_hparams(source=str(exported))
+    copied = MixerEncoder.from_hparams(source=str(exported), savedir=str(tmp_path / "saved"))
+    wavs = torch.randn(1, 16000)
+    torch.testing.assert_close(copied.encode_batch(wavs), in_place.encode_batch(wavs))
+    assert (tmp_path / "saved" / "encoder.ckpt").exists()
+
+
+@pytest.mark.parametrize("key,value", [("activation", "gelu"), ("sample_rate", 8000)])
+def test_disagreeing_settings_files_are_refused_by_both_loaders(exported, tmp_path, key, value):
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    for item in exported.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    config = json.loads((folder / "encoder_config.json").read_text())
+    config[key] = value
+    (folder / "encoder_config.json").write_text(json.dumps(config))
+    for load in (lambda: MixerEncoder.from_hparams(source=str(folder)), lambda: SpeechEncoder.from_pretrained(folder)):
+        with pytest.raises(ValueError, match=f"describe different encoders \\({key}: "):
+            load()

@@ -25,7 +25,7 @@ from speechbrain_ext.models.dropout import use_fast_dropout
 from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
 from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
 from speechbrain_ext.models.normalization import GlobalNormalization
-from speechbrain_ext.sizes import SIZES, paper_encoder_settings
+from speechbrain_ext.sizes import SIZES, paper_encoder_settings, paper_mixer_kwargs
 
 CONFIG_FILE = "encoder_config.json"
 # The CNN front-end of each implementation: the same function and parameters either way.
@@ -196,7 +196,8 @@ class SpeechEncoder(nn.Module):
     @classmethod
     def paper(cls, size: str, mixer: str, **overrides) -> SpeechEncoder:
         """The paper's ``size`` ("base" or "large") encoder with ``mixer``, from :mod:`speechbrain_ext.sizes`
-        (the model the shipped BEST-RQ YAMLs build); ``overrides`` replace single settings.
+        (the model the shipped BEST-RQ YAMLs build); ``overrides`` replace single settings (the mixer's
+        paper settings follow an overridden ``d_model``).
 
         Example
         -------
@@ -204,7 +205,10 @@ class SpeechEncoder(nn.Module):
         >>> encoder.d_model, len(encoder.encoder.layers)
         (976, 1)
         """
-        return cls(**{**paper_encoder_settings(size, mixer), **overrides})
+        settings = {**paper_encoder_settings(size, mixer), **overrides}
+        if "d_model" in overrides and "mixer_kwargs" not in overrides:
+            settings["mixer_kwargs"] = paper_mixer_kwargs(mixer, settings["d_model"])
+        return cls(**settings)
 
     def set_epoch(self, epoch: float) -> None:
         """Tells global normalisation the training epoch (it stops updating at ``normalization_until_epoch``)."""
@@ -264,7 +268,10 @@ class SpeechEncoder(nn.Module):
 
     @staticmethod
     def read_config(folder: str | Path) -> dict:
-        """The settings saved with an exported encoder; a clear error if the folder is not one."""
+        """The settings saved with an exported encoder; a clear error if the folder is not one, or if
+        its ``hyperparams.yaml`` describes another encoder."""
+        from speechbrain_ext.pretrained_folder import check_settings_agree
+
         folder = Path(folder)
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
         if missing:
@@ -272,13 +279,16 @@ class SpeechEncoder(nn.Module):
                 f"{folder} is not an exported encoder: missing {', '.join(missing)} "
                 f"(BEST-RQ pretraining writes them to <output_folder>/encoder/)"
             )
-        return json.loads((folder / CONFIG_FILE).read_text())
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        check_settings_agree(folder, config)
+        return config
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SpeechEncoder:
         """Rebuilds an encoder saved by :meth:`save_pretrained` from ``folder`` alone."""
         encoder = cls(**cls.read_config(folder))
-        encoder.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location))
+        state = torch.load(Path(folder) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        encoder.load_state_dict(state)
         encoder.set_epoch(math.inf)  # the pretraining statistics, never updated downstream
         return encoder
 
