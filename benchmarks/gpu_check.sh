@@ -11,17 +11,21 @@
 #      SDPA attention against the CPU, a bench point; once mamba-ssm is built, again with its kernels
 #      (mamba-ssm's selective scan against ours, forward and backward, on padded batches).
 #   3. Runs the speed and memory bench (python -m speechbrain_ext.bench), each sweep into its own folder:
-#        figure1_base_infer  the paper's Figure 1 setting: base models, inference, batch 6, fp16 autocast,
-#                            10 to 80 s of audio, our mixers beside SpeechBrain's own Conformer attention types
+#        figure1_paper       --protocol paper: the paper's Figure 1 as its memory_test_v2.py measured it (base
+#                            and large models of the paper's five mixers, training mode, autograd on, fp16
+#                            autocast, batch 6, 10 to 80 s, 10 warm-up rounds then the mean of 10 calls)
+#        base_infer          --protocol inference: base models, eval mode, inference_mode, fp16 autocast,
+#                            batch 6, 10 to 80 s, our mixers beside SpeechBrain's own Conformer attention types
 #        base_train          base models, training step (forward + backward), 20 and 80 s
 #        base_infer_600s     base models, inference on 10-minute inputs (linear mixers, mhsa_flash, stock RoPEMHA)
 #        large_infer         large models, inference, 10 and 80 s
 #        large_train         large models, training step, 80 s
-#      then report.md: python -m speechbrain_ext.bench.report on base_train and figure1_base_infer.
+#      then report.md: python -m speechbrain_ext.bench.report on base_train and base_infer.
 #
 # Everything goes under OUT: gpu_check.log (what ran, when), environment.txt (GPU, driver, versions, commit,
 # whether mamba-ssm's kernels were used), pytest_*.txt, mamba_build.log, one folder per sweep (results.csv,
-# results.json, results.png), report.md, skipped_sweeps.txt. Nothing is written elsewhere but the installed
+# results.json, results.png; figure1_paper: results.csv, runs.csv, results.json, figure1.png), report.md,
+# skipped_sweeps.txt. Nothing is written elsewhere but the installed
 # packages and a temporary build folder, removed at the end.
 #
 #   bash benchmarks/gpu_check.sh OUT                 # install from PyPI, then test and measure
@@ -31,7 +35,7 @@
 #   bash benchmarks/gpu_check.sh OUT --wheels DIR    # no network: install from DIR (into a temporary folder
 #                                                    # on PYTHONPATH); torch, einops, transformers must be there
 #   bash benchmarks/gpu_check.sh OUT --dry-run       # on a CPU, the plumbing only: no install, CUDA tests
-#                                                    # skipped, every sweep shrunk to one tiny CPU point
+#                                                    # skipped, every sweep shrunk to a tiny CPU run
 #
 # Environment: PYTHON (default python3); GPU_CHECK_BUDGET_S (sweeps that would start after this many seconds
 # are skipped and listed; default none); MAX_JOBS (parallel compile jobs of mamba-ssm, default 12);
@@ -187,29 +191,47 @@ print('mamba_ssm kernels:', 'yes' if f() else 'no (our scan)')" >> "$out/environ
 run_cuda_tests cuda
 
 skipped=()
-sweep() {  # NAME SIZE MODE "MIXERS" "SECONDS": one bench run into OUT/NAME
-    local name=$1 size=$2 mode=$3 mixers=$4 seconds=$5
+run_bench() {  # NAME ARGS... (the GPU sweep) -- DRY_RUN_ARGS...: one bench run into OUT/NAME
+    local name=$1 args=() tiny=()
+    shift
+    while [ "$1" != "--" ]; do args+=("$1"); shift; done
+    shift
+    tiny=("$@")
     if [ -n "$budget_s" ] && [ $(( $(date +%s) - start )) -gt "$budget_s" ]; then
         skipped+=("$name")
         say "skipped sweep $name: past the ${budget_s} s budget"
         return
     fi
-    local args=(--size "$size" --mode "$mode" --mixers $mixers --seconds $seconds)
     say "sweep $name: python -m speechbrain_ext.bench ${args[*]}"
-    if $dry_run; then  # the same sweep's plumbing: one tiny CPU point of its first mixer
-        args=(--size "$size" --mode "$mode" --mixers ${mixers%% *} --seconds 1 --layers 1
-              --d-model 32 --batch 1 --warmup 0 --repeats 1 --device cpu --dtype float32)
+    if $dry_run; then  # the same sweep's plumbing, shrunk to a tiny CPU run
+        args=("${tiny[@]}")
         say "dry run of $name: python -m speechbrain_ext.bench ${args[*]}"
     fi
     $python -m speechbrain_ext.bench "${args[@]}" --output "$out/$name" >> "$log" 2>&1 \
         || say "sweep $name exited with status $?"
 }
+sweep() {  # NAME SIZE MODE "MIXERS" "SECONDS": --protocol inference; a dry run: one point of its first mixer
+    local name=$1 size=$2 mode=$3 mixers=$4 seconds=$5
+    run_bench "$name" --protocol inference --size "$size" --mode "$mode" --mixers $mixers --seconds $seconds -- \
+        --protocol inference --size "$size" --mode "$mode" --mixers ${mixers%% *} --seconds 1 --layers 1 \
+        --d-model 32 --batch 1 --warmup 0 --repeats 1 --device cpu --dtype float32
+}
+paper_sweep() {  # NAME "SIZES" "MIXERS": --protocol paper with its own defaults (memory_test_v2.py's);
+    # a dry run: its first mixer at each size, 1 s, one warm-up round and two calls
+    local name=$1 sizes=$2 mixers=$3
+    run_bench "$name" --protocol paper --size $sizes --mixers $mixers -- \
+        --protocol paper --size $sizes --mixers ${mixers%% *} --seconds 1 --layers 1 --d-model 32 --batch 1 \
+        --warmup-rounds 1 --calls 2 --device cpu --dtype float32
+}
 
-ours="mhsa hypermixing fastformer summarymixing mamba mhsa_flash"
+paper="mhsa hypermixing fastformer summarymixing mamba"
+ours="$paper mhsa_flash"
 linear="hypermixing fastformer summarymixing mamba"
 stock="sb_RelPosMHAXL sb_regularMHA sb_RoPEMHA sb_hypermixing"
-# The bench's GPU defaults are the paper's Figure 1 setting: batch 6, fp16 autocast, 10, 20, ... 80 s.
-sweep figure1_base_infer base infer "$ours $stock" "10 20 30 40 50 60 70 80"
+# Figure 1 as the paper measured it (memory_test_v2.py: train mode, autograd, fp16, batch 6, 10-80 s, mean of 10).
+paper_sweep figure1_paper "base large" "$paper"
+# The same lengths, batch and precision under the inference protocol (eval, inference_mode, median).
+sweep base_infer base infer "$ours $stock" "10 20 30 40 50 60 70 80"
 sweep base_train base train "$ours $stock" "20 80"
 sweep base_infer_600s base infer "$linear mhsa_flash sb_RoPEMHA" 600
 sweep large_infer large infer "$ours sb_RelPosMHAXL sb_hypermixing" "10 80"
@@ -217,8 +239,8 @@ sweep large_train large train "$ours sb_RelPosMHAXL sb_hypermixing" 80
 
 if $dry_run; then
     say "report: not made in a dry run (its sweeps hold one point each)"
-elif [ -f "$out/base_train/results.csv" ] && [ -f "$out/figure1_base_infer/results.csv" ]; then
-    $python -m speechbrain_ext.bench.report --train "$out/base_train" --infer "$out/figure1_base_infer" \
+elif [ -f "$out/base_train/results.csv" ] && [ -f "$out/base_infer/results.csv" ]; then
+    $python -m speechbrain_ext.bench.report --train "$out/base_train" --infer "$out/base_infer" \
         --output "$out/report.md" >> "$log" 2>&1 && say "report: report.md" || say "report failed: see gpu_check.log"
 fi
 printf '%s\n' "${skipped[@]}" > "$out/skipped_sweeps.txt"

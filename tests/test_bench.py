@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from speechbrain_ext.bench import speed_memory
 from speechbrain_ext.bench.speed_memory import Point, measure
@@ -59,9 +60,9 @@ def test_sweep_writes_csv_json_and_plot_with_each_point_in_its_own_process(tmp_p
 
 @pytest.mark.slow
 def test_gpu_check_script_runs_end_to_end_as_a_dry_run_on_the_cpu(tmp_path):
-    """Every sweep of benchmarks/gpu_check.sh runs (shrunk to one CPU point) and writes its results;
-    the sweeps it would run on a GPU name only mixers the bench knows, the first in the paper's Figure 1
-    setting (the bench's GPU defaults: base, inference, 10 to 80 s)."""
+    """Every sweep of benchmarks/gpu_check.sh runs (shrunk to tiny CPU runs) and writes its results;
+    the sweeps it would run on a GPU name only mixers the bench knows: first the paper's Figure 1 protocol
+    (its GPU defaults: memory_test_v2.py's), then the inference protocol at the same lengths."""
     script = ROOT / "benchmarks" / "gpu_check.sh"
     result = subprocess.run(["bash", str(script), str(tmp_path), "--dry-run"], capture_output=True, text=True,
                             timeout=900, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
@@ -70,18 +71,175 @@ def test_gpu_check_script_runs_end_to_end_as_a_dry_run_on_the_cpu(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert "CUDA tests (cuda): " in log and "skipped" in (tmp_path / "pytest_cuda.txt").read_text()
     commands = dict(re.findall(r"\] sweep (\S+): python -m speechbrain_ext.bench (.*)", log))
-    assert list(commands) == ["figure1_base_infer", "base_train", "base_infer_600s", "large_infer", "large_train"]
-    assert commands["figure1_base_infer"].startswith("--size base --mode infer --mixers mhsa ")
-    assert commands["figure1_base_infer"].endswith("--seconds 10 20 30 40 50 60 70 80")
+    assert list(commands) == ["figure1_paper", "base_infer", "base_train", "base_infer_600s", "large_infer",
+                              "large_train"]
+    assert commands["figure1_paper"] == ("--protocol paper --size base large --mixers "
+                                         "mhsa hypermixing fastformer summarymixing mamba")
+    assert commands["base_infer"].startswith("--protocol inference --size base --mode infer --mixers mhsa ")
+    assert commands["base_infer"].endswith("--seconds 10 20 30 40 50 60 70 80")
     for name, command in commands.items():
         mixers = command.split("--mixers ")[1].split(" --")[0].split()
         assert set(mixers) <= set(speed_memory.MIXERS) | set(speed_memory.STOCK), (name, mixers)
         rows = list(csv.DictReader(open(tmp_path / name / "results.csv")))
-        assert [row["status"] for row in rows] == ["ok"], (name, rows)
+        assert [row["status"] for row in rows] == ["ok"] * (2 if name == "figure1_paper" else 1), (name, rows)
+    paper_rows = list(csv.DictReader(open(tmp_path / "figure1_paper" / "results.csv")))
+    assert [(row["size"], row["mixer"]) for row in paper_rows] == [("base", "mhsa"), ("large", "mhsa")]
+    assert (tmp_path / "figure1_paper" / "figure1.png").stat().st_size > 10_000
     meta = json.loads((tmp_path / "large_train" / "results.json").read_text())["meta"]
     assert "--mode train" in meta["command"] and "--size large" in meta["command"]
     assert "mamba_ssm kernels: no" in (tmp_path / "environment.txt").read_text()
     assert (tmp_path / "skipped_sweeps.txt").read_text().strip() == ""
+
+
+def test_paper_protocol_writes_mean_std_per_length_and_both_panels(tmp_path, capsys):
+    from speechbrain_ext.bench.paper_protocol import plot_figure
+
+    points = speed_memory.main(["--protocol", "paper", "--size", "base", "large", "--mixers", "fastformer",
+                                "summarymixing", "--layers", "1", "--d-model", "32", "--seconds", "1", "2",
+                                "--batch", "2", "--warmup-rounds", "1", "--calls", "2", "--output", str(tmp_path)])
+    models = [("base", "fastformer"), ("base", "summarymixing"), ("large", "fastformer"), ("large", "summarymixing")]
+    assert [(p.size, p.mixer, p.seconds) for p in points] == [(*m, s) for m in models for s in (1.0, 2.0)]
+    assert "[4/4] large summarymixing" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [row["status"] for row in rows] == ["ok"] * 8, rows
+    for row in rows:
+        assert row["train_mode"] == row["autograd"] == "True" and row["dtype"] == "float32" and row["calls"] == "2"
+        assert float(row["ms_min"]) <= float(row["ms_mean"]) <= float(row["ms_max"])
+        assert float(row["peak_mib_min"]) <= float(row["peak_mib_mean"]) <= float(row["peak_mib_max"])
+        assert float(row["ms_std"]) >= 0 and float(row["peak_mib_std"]) >= 0
+    # Figure 1's SummaryMixing ran with one head (run/toy_test_adel.sh: --nhead 1); --d-model 32 overrides the width.
+    assert {row["mixer"]: row["nhead"] for row in rows} == {"fastformer": "8", "summarymixing": "1"}
+    runs = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert len(runs) == 16 and {run["call"] for run in runs} == {"0", "1"}
+    first = points[0]
+    calls = [float(run["ms"]) for run in runs[:2]]
+    assert first.ms_mean == pytest.approx(sum(calls) / 2)
+    assert first.ms_std == pytest.approx(abs(calls[0] - calls[1]) / 2)
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["command"].startswith("python -m speechbrain_ext.bench --protocol paper --size base large")
+    assert (meta["protocol"], meta["batch"], meta["warmup_batch"], meta["warmup_peak"]) == ("paper", 2, 1, "carry")
+    assert meta["train_mode"] and meta["autograd"] and meta["autocast"] is None and "clear_refs" in meta["memory"]
+    assert (tmp_path / "figure1.png").stat().st_size > 10_000
+    labels = [f"{mixer} ({size})" for size, mixer in models]
+    assert plot_figure(points, tmp_path / "again.png", "peak resident memory") == {"time": labels, "memory": labels}
+
+
+@pytest.mark.parametrize("warmup_peak", ["carry", "reset"])
+def test_paper_protocol_times_a_training_mode_model_with_autograd_in_per_call_windows(monkeypatch, warmup_peak):
+    """The event order of memory_test_v2.py: the model built in a fresh window; warm-up at batch 1 with no reset
+    (the first window carries its peak unless reset); each timed call's fbank, targets and mask noise before the
+    clock starts, the CNN front-end and the head between its two readings, every module in training mode with
+    autograd on, then the peak read and the window reset."""
+    import time
+
+    from speechbrain_ext.bench import paper_protocol
+    from speechbrain_ext.bench.paper_protocol import ModelSpec, Protocol, run_model
+
+    events = []
+    build, noise = paper_protocol.build_model, paper_protocol.apply_mask_noise
+
+    def build_watched(spec):
+        model = build(spec)
+        speech_encoder = model.speech_encoder
+        speech_encoder.compute_features.register_forward_hook(lambda *_: events.append("fbank"))
+        model.quantizer.register_forward_hook(lambda *_: events.append("targets"))
+        speech_encoder.front_end.register_forward_pre_hook(lambda _, args: events.append(("cnn", len(args[0]))))
+
+        def head(module, args, out):
+            events.append(("head", all(m.training for m in model.modules()), torch.is_grad_enabled(),
+                           torch.is_inference_mode_enabled(), out.requires_grad))
+
+        model.heads[0].register_forward_hook(head)
+        return model
+
+    class Probe:
+        kind = "watched"
+
+        def reset(self):
+            events.append("reset")
+
+        def peak_mib(self):
+            events.append("peak")
+            return 1.0
+
+    monkeypatch.setattr(paper_protocol, "build_model", build_watched)
+    monkeypatch.setattr(paper_protocol, "apply_mask_noise", lambda *a, **k: events.append("noise") or noise(*a, **k))
+    monkeypatch.setattr(paper_protocol, "clock", lambda: events.append("clock") or time.perf_counter())
+    spec = ModelSpec("base", "mamba", layers=1, d_model=32)
+    protocol = Protocol(seconds=(1.0, 0.5), batch=3, warmup_rounds=2, calls=2, warmup_peak=warmup_peak,
+                        dtype="float32", device="cpu")
+    runs = []
+    points = run_model(spec, protocol, Probe(), runs)
+    assert [p.status for p in points] == ["ok", "ok"], points[0].error
+
+    def call(batch):
+        return ["fbank", "targets", "noise", "clock", ("cnn", batch), ("head", True, True, False, True), "clock",
+                "peak"]
+
+    warmup = call(1) * 2 * 2  # 2 rounds over the 2 lengths at batch 1
+    timed = (call(3) + ["reset"]) * 2 * 2  # 2 calls at each length, batch 3
+    assert events == ["reset", *warmup, *(["reset"] if warmup_peak == "reset" else []), *timed]
+    assert [(run["seconds"], run["call"]) for run in runs] == [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)]
+    assert all(p.train_mode and p.autograd and p.peak_mib_mean == 1.0 for p in points)
+
+
+def test_paper_protocol_records_an_out_of_memory_length_and_goes_on(monkeypatch, tmp_path):
+    from speechbrain_ext.bench import paper_protocol
+    from speechbrain_ext.bench.paper_protocol import ModelSpec, Protocol, ResidentPeak, plot_figure, run_model
+
+    call = paper_protocol.paper_call
+
+    def failing(model, seconds, batch, *args):
+        if seconds == 2.0 and batch > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return call(model, seconds, batch, *args)
+
+    monkeypatch.setattr(paper_protocol, "paper_call", failing)
+    protocol = Protocol(seconds=(1.0, 2.0, 0.5), batch=2, warmup_rounds=1, calls=1, dtype="float32", device="cpu")
+    points = run_model(ModelSpec("base", "hypermixing", layers=1, d_model=32), protocol, ResidentPeak())
+    assert [p.status for p in points] == ["ok", "out of memory", "ok"]
+    assert points[1].error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 GiB"
+    assert points[1].ms_mean is None and points[2].ms_mean > 0
+    assert plot_figure(points, tmp_path / "figure1.png", "peak resident memory") == {
+        "time": ["hypermixing"], "memory": ["hypermixing"]}
+
+
+def test_paper_protocol_builds_figure1_models_from_the_run_script_flags():
+    from speechbrain_ext.bench.paper_protocol import ModelSpec, build_model, model_settings
+    from speechbrain_ext.sizes import SIZES, paper_mixer_kwargs
+
+    overrides, bestrq = model_settings(ModelSpec("base", "summarymixing"))
+    assert (overrides["d_model"], overrides["nhead"], overrides["mixer_kwargs"]["summary_out"]) == (536, 1, 536)
+    assert model_settings(ModelSpec("large", "summarymixing"))[0]["d_model"] == 848
+    overrides, bestrq = model_settings(ModelSpec("base", "fastformer"))
+    assert (overrides["dropout"], overrides["input_dropout"], overrides["mixer_kwargs"]["dropout"]) == (0.2, 0.2, 0.2)
+    assert bestrq == {"cb_vocab": 8192, "mask_prob": 0.05}
+    # The other models, and every model with --settings sizes, are SpeechEncoder.paper(size, mixer) as it is.
+    assert model_settings(ModelSpec("large", "mhsa")) == (
+        {"mixer_kwargs": paper_mixer_kwargs("mhsa", SIZES["large"].widths["mhsa"]), "implementation": "speechbrain"},
+        {"cb_vocab": 8192})
+    assert model_settings(ModelSpec("base", "summarymixing", settings="sizes", implementation="fast"))[0] == {
+        "mixer_kwargs": paper_mixer_kwargs("summarymixing", SIZES["base"].widths["summarymixing"]),
+        "implementation": "fast"}
+    model = build_model(ModelSpec("base", "fastformer", layers=1))
+    assert model.mask_prob == 0.05 and model.heads[0].out_features == 8192
+    assert model.speech_encoder.d_model == SIZES["base"].widths["fastformer"]
+    assert model.speech_encoder.encoder.layerdrop_prob == 0.05 and model.speech_encoder.input_dropout.p == 0.2
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's clear_refs resets the peak")
+def test_resident_peak_window_resets():
+    from speechbrain_ext.bench.paper_protocol import ResidentPeak
+
+    probe = ResidentPeak()
+    probe.reset()
+    before = probe.peak_mib()
+    block = torch.ones(2**25)  # 128 MiB, touched
+    high = probe.peak_mib()
+    del block
+    probe.reset()
+    assert high > before + 100 and probe.peak_mib() < high - 100
+    assert "clear_refs" in probe.kind
 
 
 def write_results(folder, times, peak=1000.0):

@@ -1,7 +1,12 @@
-"""Speed and memory of the BEST-RQ model against input length, per mixer (the paper's Figure 1).
+"""Speed and memory of the BEST-RQ model against input length, per mixer.
 
-    python -m speechbrain_ext.bench [--mixers mhsa mamba sb_RelPosMHAXL ...] [--size base|large]
-        [--seconds 10 20 40 80] [--batch 6] [--mode infer|train] [--dtype float16] [--output DIR]
+    python -m speechbrain_ext.bench [--protocol inference] [--mixers mhsa mamba sb_RelPosMHAXL ...]
+        [--size base|large] [--seconds 10 20 40 80] [--batch 6] [--mode infer|train] [--dtype float16] [--output DIR]
+    python -m speechbrain_ext.bench --protocol paper ...
+
+``--protocol paper`` is the protocol of the paper's Figure 1 (the authors' ``memory_test_v2.py``: training
+mode, autograd on, fp16, the mean of 10 calls): :mod:`speechbrain_ext.bench.paper_protocol`. This module is
+``--protocol inference``, the default, described below.
 
 The model is the one the paper times: SpeechBrain's CNN front-end, the 12 (base) or 24 (large)
 layer Conformer of each mixer at its equalised width, and a Linear(8192) head, on fbank input
@@ -172,7 +177,7 @@ def measure(point: Point) -> Point:
             torch.cuda.synchronize(device)
             point.model_mib = torch.cuda.memory_allocated(device) / 2**20
         else:
-            point.model_mib = _peak_rss_mib()
+            point.model_mib = peak_rss_mib()
         with grad, autocast:
             for _ in range(point.warmup):
                 _step(model, inputs, targets, train)
@@ -183,7 +188,7 @@ def measure(point: Point) -> Point:
             for _ in range(point.repeats):
                 timings.append(_timed(lambda: _step(model, inputs, targets, train), device))
         point.ms = 1000 * statistics.median(timings)
-        point.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mib()
+        point.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
         point.status = "ok"
     except torch.OutOfMemoryError as err:
         point.status, point.error = "out of memory", str(err).splitlines()[0]
@@ -209,7 +214,7 @@ def _timed(step, device: torch.device) -> float:
     return time.perf_counter() - start_time
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """Peak resident memory of this process's own address space.
 
     ``VmHWM`` rather than ``ru_maxrss``: a spawned child's ``ru_maxrss`` keeps its parent's resident
@@ -328,9 +333,24 @@ def plot_results(points: list[Point], path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> list[Point]:
+PROTOCOLS = ("inference", "paper")
+
+
+def main(argv: list[str] | None = None) -> list:
+    """``python -m speechbrain_ext.bench``: this module's sweep, or with ``--protocol paper`` the paper's."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m speechbrain_ext.bench " + " ".join(argv)
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--protocol", choices=PROTOCOLS, default="inference")
+    chosen, rest = chooser.parse_known_args(argv)
+    if chosen.protocol == "paper":
+        from speechbrain_ext.bench import paper_protocol
+
+        return paper_protocol.main(rest, command)
     gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="inference",
+                        help="inference (this sweep) or paper (Figure 1's protocol: --protocol paper --help)")
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS) + list(STOCK),
                         help=f"ours ({', '.join(MIXERS)}) and SpeechBrain's ({', '.join(STOCK)})")
     parser.add_argument("--size", choices=sorted(LAYERS), default="base")
@@ -359,5 +379,4 @@ def main(argv: list[str] | None = None) -> list[Point]:
               args.encoder_only, args.warmup, args.repeats, args.implementation)
         for mixer in args.mixers for seconds in args.seconds
     ]
-    command = "python -m speechbrain_ext.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     return run_sweep(points, args.output, command)
