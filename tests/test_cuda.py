@@ -104,6 +104,18 @@ def test_a_bench_point_runs_on_cuda():
 
 
 @needs_cuda
+def test_the_paper_protocol_runs_on_cuda_in_fp16(tmp_path):
+    """Figure 1's protocol on the GPU: a tiny sweep, fp16 autocast, max_memory_allocated per call."""
+    from speechbrain_ext.bench.paper_protocol import main
+
+    points = main(["--size", "base", "--mixers", "fastformer", "mamba", "--layers", "2", "--seconds", "2", "4",
+                   "--batch", "2", "--warmup-rounds", "1", "--calls", "2", "--output", str(tmp_path)])
+    assert [p.status for p in points] == ["ok"] * 4, [p.error for p in points]
+    assert all(p.dtype == "float16" and p.device == "cuda" for p in points)
+    assert (tmp_path / "figure1.png").is_file()
+
+
+@needs_cuda
 def test_speech_encoder_fast_implementation_on_cuda_equals_the_cpu():
     # The fast front-end's channels-last convolutions run on cuDNN there, the depthwise ones fall
     # back to F.conv1d and dropout to F.dropout: the same encoding as on the CPU.
