@@ -19,9 +19,10 @@ from pathlib import Path
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
 from speechbrain_ext.paths import pyplot, recipes_dir
+from speechbrain_ext.sizes import PAPER_MIXERS
 
 RECIPE = recipes_dir("LibriSpeech", "BEST-RQ")
-# A model a CPU trains in minutes; everything else is the recipe's base YAML.
+# A model a CPU trains in minutes; everything else (the mixer's settings included) is the recipe's base YAML.
 DEMO_SETTINGS = {
     "--d_model": "96", "--num_encoder_layers": "3", "--d_ffn": "256", "--nhead": "4", "--cb_vocab": "512",
     "--precision": "fp32", "--num_workers": "0", "--seconds_per_batch": "16", "--num_buckets": "4",
@@ -29,8 +30,6 @@ DEMO_SETTINGS = {
     "--warmup_steps": "20", "--lr": "0.002", "--train_splits": "[train-clean-100]",
     "--valid_splits": "[dev-clean]", "--ckpt_interval_minutes": "0",
 }
-# Mixer settings are the YAMLs' (the paper's forms; hypernet_size and summary_out follow d_ffn and d_model).
-MIXER_SETTINGS: dict[str, dict[str, str]] = {}
 STEP_LINE = re.compile(r"^optimizer step: (\d+), lr: \S+ - train loss: (\S+), train masked_accuracy: (\S+)$", re.M)
 EPOCH_LINE = re.compile(
     r"^epoch: (\d+), .* valid loss: ([^,\s]+), valid masked_accuracy: ([^,\s]+)"
@@ -96,8 +95,8 @@ def run_demo(mixer: str, epochs: int, output: Path, seed: int = 1986) -> dict:
         write_toy_librispeech(data, splits=("train-clean-100", "dev-clean"), speakers_per_split=4,
                               chapters_per_speaker=2, utterances_per_chapter=8, seed=seed)
     run_folder = output / mixer
-    options = {**DEMO_SETTINGS, **MIXER_SETTINGS.get(mixer, {}), "--number_of_epochs": str(epochs),
-               "--seed": str(seed), "--data_folder": str(data), "--output_folder": str(run_folder)}
+    options = {**DEMO_SETTINGS, "--number_of_epochs": str(epochs), "--seed": str(seed), "--data_folder": str(data),
+               "--output_folder": str(run_folder)}
     command = [sys.executable, str(RECIPE / "train.py"), str(RECIPE / "hparams" / "base" / f"{mixer}.yaml"),
                *(f"{key}={value}" for key, value in options.items()), "--noprogressbar"]
     print("running:", " ".join(command), flush=True)
@@ -116,9 +115,6 @@ def run_demo(mixer: str, epochs: int, output: Path, seed: int = 1986) -> dict:
           f"curve in {png}, encoder in {run_folder / 'encoder'}")
     return {"mixer": mixer, "wall_seconds": wall, "valid_loss": valid[-1][1], "valid_accuracy": valid[-1][2],
             "majority_code_share": valid[-1][3], "png": png, "encoder": run_folder / "encoder"}
-
-
-PAPER_MIXERS = ("mhsa", "hypermixing", "fastformer", "summarymixing", "mamba")
 
 
 def summary_table(results: list[dict], epochs: int) -> str:

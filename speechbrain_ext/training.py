@@ -1,5 +1,6 @@
-"""What every training loop of the package shares: exact resumption, batches that survive bad audio, and a run
-folder whose ``hyperparams.yaml`` always describes the run that trained what is in it.
+"""What every training loop of the package shares: exact resumption, batches that survive bad audio, a run
+folder whose ``hyperparams.yaml`` always describes the run that trained what is in it, dynamic batches and
+option checks.
 
 - :class:`RandomState` checkpoints the random generators (torch, CUDA, numpy, Python), so that a run killed
   mid-epoch and resumed draws the same masks, noise and dropout as one that was never interrupted.
@@ -7,6 +8,9 @@ folder whose ``hyperparams.yaml`` always describes the run that trained what is 
   that leaves out utterances whose audio failed to decode (:func:`collate_decoded`), and batches left empty by
   that skipped without touching the running loss. A rerun's hyperparameters become the folder's
   ``hyperparams.yaml`` only once it has passed a validation (:func:`write_run_hyperparams`).
+- :func:`check_training_options` refuses bad batching and schedule settings before any data work,
+  :func:`dynamic_batching` gives batches of a fixed amount of audio, and :func:`optimizer_state_digest` lets a
+  resumed run be checked against its checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import resolve_references
 from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
@@ -130,18 +135,21 @@ def collate_decoded(examples: list[dict]) -> PaddedBatch | None:
 class ResilientBrain(sb.Brain):
     """SpeechBrain's ``Brain`` with exact resumption and batches that survive undecodable audio.
 
-    - The random generators are checkpointed with the other recoverables (as ``random_state``; optional on
-      load, so checkpoints written before it existed still resume), and so are the running totals of the
-      epoch (``epoch_totals``): a subclass with running metrics overrides :meth:`epoch_totals` and
-      :meth:`restore_epoch_totals` and calls ``super().on_stage_start`` after resetting them.
+    - The random generators are checkpointed with the other recoverables (as ``random_state``), and so are
+      the running totals of the epoch (``epoch_totals``): a subclass with running metrics overrides
+      :meth:`epoch_totals` and :meth:`restore_epoch_totals` and calls ``super().on_stage_start`` after
+      resetting them. Both are optional on load: a checkpoint of a plain SpeechBrain ``Brain`` resumes too.
     - Data loaders collate with :func:`collate_decoded` unless a ``collate_fn`` is given; a batch left with no
       utterance is skipped (no forward pass, no optimizer step, running loss unchanged).
     - After each validation, a rerun's pending ``hyperparams.yaml`` (see :func:`write_run_hyperparams`)
       replaces the folder's.
+    - ``--optimizer_step_limit`` given on the command line is an integer (SpeechBrain 1.1.2 parses it as text).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if isinstance(self.optimizer_step_limit, str):
+            self.optimizer_step_limit = int(self.optimizer_step_limit)
         self.random_state = RandomState()
         self.resumed_totals = EpochTotals(self)
         if self.checkpointer is not None:
@@ -189,7 +197,8 @@ class ResilientBrain(sb.Brain):
 
 
 def write_run_hyperparams(output_folder: str | Path, hparams_file: str | Path, overrides: str | dict) -> Path:
-    """Creates the experiment folder (SpeechBrain's logging, ``env.log``) and writes the resolved hyperparameters.
+    """Creates the experiment folder (SpeechBrain's logging, ``env.log``, a copy of the running script) and writes
+    the resolved hyperparameters.
 
     A first run writes ``hyperparams.yaml``. A rerun into a folder that has one writes
     ``hyperparams.pending.yaml`` instead, which :class:`ResilientBrain` promotes after its first validation:
@@ -205,6 +214,8 @@ def write_run_hyperparams(output_folder: str | Path, hparams_file: str | Path, o
         with atomic_writer(target) as out:
             out.write(f"# Generated {date.today()} from:\n# {os.path.abspath(hparams_file)}\n# yamllint disable\n")
             shutil.copyfileobj(resolved, out)
+        # SpeechBrain copied the file that called it (this module): the run's script goes there instead.
+        (folder / Path(__file__).name).unlink(missing_ok=True)
         script = Path(sys.argv[0])
         if script.suffix == ".py" and script.is_file():
             shutil.copy(script, folder)
@@ -221,3 +232,78 @@ def promote_run_hyperparams(output_folder: str | Path | None) -> bool:
     os.replace(pending, pending.with_name(HYPERPARAMS))
     logger.info("the run passed validation: %s now describes it", pending.with_name(HYPERPARAMS))
     return True
+
+
+def optimizer_state_digest(state_dict: dict) -> float:
+    """Sum of every tensor in an optimizer ``state_dict``: a number that changes with the optimizer's state.
+
+    Logged when a run resumes, it can be compared with the one of the checkpoint the run resumed from.
+
+    Example
+    -------
+    >>> weight = torch.nn.Parameter(torch.ones(2))
+    >>> optimizer = torch.optim.Adam([weight])
+    >>> optimizer_state_digest(optimizer.state_dict())
+    0.0
+    >>> weight.sum().backward(); optimizer.step()
+    >>> optimizer_state_digest(optimizer.state_dict()) > 0
+    True
+    """
+    return float(
+        sum(
+            value.double().sum()
+            for state in state_dict["state"].values()
+            for value in state.values()
+            if torch.is_tensor(value)
+        )
+    )
+
+
+POSITIVE_NUMBERS = ("seconds_per_batch", "avoid_if_longer_than")
+POSITIVE_INTEGERS = ("num_buckets", "grad_accumulation_factor", "number_of_epochs", "valid_batch_size",
+                     "log_interval")
+
+
+def check_training_options(hparams: dict) -> None:
+    """One clear ValueError for the first bad batching or schedule setting, before any data work.
+
+    Checks those of ``seconds_per_batch``, ``avoid_if_longer_than`` (positive numbers), ``num_buckets``,
+    ``grad_accumulation_factor``, ``number_of_epochs``, ``valid_batch_size``, ``log_interval`` (positive
+    integers) and ``avoid_if_shorter_than`` (at least 0, below ``avoid_if_longer_than``) that ``hparams`` holds.
+
+    Example
+    -------
+    >>> check_training_options({"seconds_per_batch": 400, "num_buckets": 150})
+    >>> check_training_options({"num_buckets": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: num_buckets must be a positive integer, got 0
+    """
+    for key in POSITIVE_NUMBERS:
+        value = hparams.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    for key in POSITIVE_INTEGERS:
+        value = hparams.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    shortest, longest = hparams.get("avoid_if_shorter_than", 0.0), hparams.get("avoid_if_longer_than")
+    if shortest < 0 or (longest is not None and shortest >= longest):
+        raise ValueError(f"avoid_if_shorter_than={shortest} must be >= 0 and below avoid_if_longer_than={longest}")
+
+
+def dynamic_batching(dataset, seconds_per_batch: float, num_buckets: int, num_workers: int = 0) -> dict:
+    """``train_loader_kwargs`` for shuffled batches of at most ``seconds_per_batch`` seconds of audio each.
+
+    SpeechBrain's ``DynamicBatchSampler`` over the rows' ``duration``, utterances of similar length grouped in
+    ``num_buckets`` buckets, the batches in random order.
+    """
+    sampler = DynamicBatchSampler(
+        dataset,
+        max_batch_length=seconds_per_batch,
+        num_buckets=num_buckets,
+        length_func=lambda row: row["duration"],
+        shuffle=True,
+        batch_ordering="random",
+    )
+    return {"batch_sampler": sampler, "num_workers": num_workers}

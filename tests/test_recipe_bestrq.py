@@ -1,5 +1,6 @@
-"""The LibriSpeech BEST-RQ recipe run as a user runs it, on a toy corpus (slow: subprocesses)."""
+"""The LibriSpeech BEST-RQ recipe: its parts, then runs as a user runs it, on a toy corpus (slow: subprocesses)."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -13,12 +14,11 @@ import torch
 import yaml
 from conftest import write_bad_audio
 
-from speechbrain_ext.bestrq.brain import optimizer_state_digest
+from speechbrain_ext.data.librispeech import prepare_librispeech
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers import MIXERS
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
-
-pytestmark = pytest.mark.slow
+from speechbrain_ext.training import ResilientBrain, optimizer_state_digest
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ"
 TINY = [  # a model small enough for a few CPU steps per test
@@ -27,8 +27,6 @@ TINY = [  # a model small enough for a few CPU steps per test
     "--grad_accumulation_factor=1", "--avoid_if_shorter_than=1.0", "--log_interval=1",
     "--warmup_steps=10", "--lr=0.003", "--train_splits=[train-clean-100]", "--valid_splits=[dev-clean]",
 ]
-# Mixer settings are the YAMLs' (the paper's forms; hypernet_size and summary_out follow d_ffn and d_model).
-SMALL_KWARGS = {}
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +37,41 @@ def corpus(tmp_path_factory):
     return root
 
 
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("bestrq_train", RECIPE / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_holds_its_brain_and_data_pipeline():
+    recipe = load_recipe()
+    assert issubclass(recipe.BestRQBrain, ResilientBrain)
+    for method in ("compute_forward", "compute_objectives", "on_stage_end"):
+        assert method in vars(recipe.BestRQBrain), method
+    assert callable(recipe.dataio_prepare) and callable(recipe.main)
+    assert (RECIPE / "README.md").is_file()
+
+
+def test_dataio_prepare_gives_the_audio_of_the_splits_and_leaves_out_short_files(tmp_path):
+    root = write_toy_librispeech(tmp_path / "data", speakers_per_split=1, chapters_per_speaker=1,
+                                 utterances_per_chapter=4, seed=5)
+    out = tmp_path / "out"
+    prepare_librispeech(root, out, splits=("train-clean-100", "dev-clean"))
+    durations = sorted(float(line.split(",")[1]) for line in (out / "dev-clean.csv").read_text().splitlines()[1:])
+    hparams = {"output_folder": str(out), "sample_rate": 16000, "train_splits": ["train-clean-100"],
+               "valid_splits": ["dev-clean"], "avoid_if_shorter_than": (durations[0] + durations[1]) / 2,
+               "avoid_if_longer_than": 60.0, "check_decoding": False}
+    train, valid = load_recipe().dataio_prepare(hparams)
+    assert len(train) >= 1 and len(valid) == 3  # the shortest validation file is left out, and listed
+    assert (out / "skipped_audio.txt").read_text().count("\n") >= 1
+    assert [valid.data[valid[i]["id"]]["duration"] for i in range(3)] == durations[1:]  # sorted by duration
+    assert valid[0]["sig"].dim() == 1
+
+
 def command(mixer, data_folder, output_folder, *extra, launcher=(sys.executable,)):
     """The recipe's command line: TINY settings, replaced or extended by ``extra`` ("--key=value")."""
     options = dict(arg.split("=", 1) for arg in TINY)
-    if mixer in SMALL_KWARGS:
-        options["--mixer_kwargs"] = SMALL_KWARGS[mixer]
     options.update(arg.split("=", 1) for arg in extra)
     return [*launcher, str(RECIPE / "train.py"), str(RECIPE / "hparams" / "base" / f"{mixer}.yaml"),
             f"--data_folder={data_folder}", f"--output_folder={output_folder}",
@@ -62,6 +90,7 @@ def logged_steps(train_log):
     return [(int(s), float(loss), float(acc)) for s, loss, acc in re.findall(pattern, train_log, re.M)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", list(MIXERS))
 def test_recipe_end_to_end_for_every_mixer(mixer, corpus, tmp_path):
     out = tmp_path / "out"
@@ -75,6 +104,7 @@ def test_recipe_end_to_end_for_every_mixer(mixer, corpus, tmp_path):
     assert encoder(torch.randn(1, 16000), torch.ones(1)).out.shape == (1, 26, 32)  # 101 fbank frames / 4
 
 
+@pytest.mark.slow
 def test_short_run_learns_above_chance(corpus, tmp_path):
     out = tmp_path / "out"
     run(command("summarymixing", corpus, out, "--number_of_epochs=3", "--seed=7", "--d_model=64",
@@ -106,6 +136,7 @@ def saved_step(save_folder):
         return None
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_from_the_last_checkpoint_with_the_same_losses(corpus, tmp_path):
     out = tmp_path / "out"
     args = command("fastformer", corpus, out, "--number_of_epochs=50", "--ckpt_interval_minutes=0",
@@ -149,6 +180,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint_with_the_same_los
     assert logged_steps(train_log)[:step_at_kill] == uninterrupted[:step_at_kill]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(corpus, tmp_path):
     out = tmp_path / "out"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533")
@@ -160,6 +192,7 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path):
     assert len(list((out / "save").glob("CKPT+*"))) == 1
 
 
+@pytest.mark.slow
 def test_bad_files_in_the_corpus_are_skipped_and_training_goes_on(corpus, tmp_path):
     import shutil
 

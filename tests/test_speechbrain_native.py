@@ -1,5 +1,5 @@
 """Our encoder and mixers inside SpeechBrain's own models: ConformerEncoder's interface and weights,
-TransformerASR's encoder, replace_attention, and the ASR example recipe on toy LibriSpeech."""
+TransformerASR's encoder, replace_attention, and the replace_attention example (examples/) on toy LibriSpeech."""
 
 import importlib.util
 import math
@@ -18,7 +18,7 @@ from speechbrain_ext.mixers.summary_mixing import SummaryMixing
 from speechbrain_ext.models.encoder import MixerConformerEncoder
 from speechbrain_ext.replace import replace_attention, replace_encoder
 
-ASR_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "ASR"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "replace_attention"
 D, H = 32, 4
 
 
@@ -135,11 +135,11 @@ def toy_librispeech(tmp_path_factory):
     return root
 
 
-def run_asr_recipe(yaml, data, out, *overrides):
-    spec = importlib.util.spec_from_file_location("asr_train", ASR_RECIPE / "train.py")
+def run_example(yaml, data, out, *overrides):
+    spec = importlib.util.spec_from_file_location("example_train", EXAMPLE / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main([str(ASR_RECIPE / "hparams" / yaml), f"--data_folder={data}", f"--output_folder={out}",
+    return module.main([str(EXAMPLE / "hparams" / yaml), f"--data_folder={data}", f"--output_folder={out}",
                         "--number_of_epochs=1", *overrides])
 
 
@@ -149,8 +149,8 @@ def run_asr_recipe(yaml, data, out, *overrides):
     ("mixer_encoder.yaml", [], SummaryMixing),
     ("mixer_encoder.yaml", ["--causal=True", "--mixer=fastformer"], Fastformer),
 ])
-def test_transformer_asr_recipe_trains_on_toy_librispeech(yaml, overrides, mixer_class, toy_librispeech, tmp_path):
-    brain = run_asr_recipe(yaml, toy_librispeech, tmp_path / "out", *overrides)
+def test_transformer_asr_example_trains_on_toy_librispeech(yaml, overrides, mixer_class, toy_librispeech, tmp_path):
+    brain = run_example(yaml, toy_librispeech, tmp_path / "out", *overrides)
     mixers = [m for m in brain.modules.asr.encoder.modules() if isinstance(m, mixer_class)]
     assert len(mixers) == 2
     assert all(m.causal == ("--causal=True" in overrides) for m in mixers)

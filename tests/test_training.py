@@ -15,7 +15,9 @@ from speechbrain_ext.training import (
     PENDING_HYPERPARAMS,
     RandomState,
     ResilientBrain,
+    check_training_options,
     collate_decoded,
+    dynamic_batching,
     promote_run_hyperparams,
     write_run_hyperparams,
 )
@@ -132,6 +134,7 @@ def test_rerun_hyperparams_replace_the_folders_only_after_validation(tmp_path):
     out = tmp_path / "run"
     assert write_run_hyperparams(out, yaml_file, "lr: 0.2").name == HYPERPARAMS
     assert "rate: 0.2" in (out / HYPERPARAMS).read_text()
+    assert not (out / "training.py").exists()  # SpeechBrain's copy of its caller, this package's module
     assert write_run_hyperparams(out, yaml_file, "lr: 0.5").name == PENDING_HYPERPARAMS  # a rerun
     assert "rate: 0.2" in (out / HYPERPARAMS).read_text()  # a rerun that fails now leaves this intact
     assert promote_run_hyperparams(out) and not (out / PENDING_HYPERPARAMS).exists()
@@ -158,3 +161,36 @@ def test_a_brain_promotes_the_pending_hyperparams_after_validation(tmp_path):
     assert "rate: 0.7" in (out / HYPERPARAMS).read_text()
 
 
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"seconds_per_batch": 0}, "seconds_per_batch must be a positive number, got 0"),
+    ({"seconds_per_batch": "400"}, "seconds_per_batch must be a positive number, got '400'"),
+    ({"num_buckets": 1.5}, "num_buckets must be a positive integer, got 1.5"),
+    ({"grad_accumulation_factor": True}, "grad_accumulation_factor must be a positive integer, got True"),
+    ({"avoid_if_shorter_than": 60.0, "avoid_if_longer_than": 60.0}, "avoid_if_shorter_than=60.0 must be >= 0"),
+    ({"avoid_if_shorter_than": -1.0}, "avoid_if_shorter_than=-1.0 must be >= 0"),
+])
+def test_each_bad_training_option_is_one_error_naming_it(options, message):
+    with pytest.raises(ValueError, match=message):
+        check_training_options(options)
+    check_training_options({"seconds_per_batch": 400, "num_buckets": 150, "avoid_if_shorter_than": 2.0,
+                            "avoid_if_longer_than": 60.0, "unrelated": "anything"})
+
+
+def test_dynamic_batches_hold_at_most_the_given_seconds_and_cover_every_utterance():
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    durations = [1.0 + 0.37 * (i % 11) for i in range(40)]
+    data = DynamicItemDataset({f"u{i}": {"duration": d} for i, d in enumerate(durations)})
+    kwargs = dynamic_batching(data, seconds_per_batch=10.0, num_buckets=4, num_workers=0)
+    batches = list(kwargs["batch_sampler"])
+    assert kwargs["num_workers"] == 0 and len(batches) > 1
+    assert sorted(i for batch in batches for i in batch) == list(range(40))
+    assert all(sum(durations[i] for i in batch) <= 10.0 for batch in batches)
+
+
+def test_an_optimizer_step_limit_given_as_text_is_a_number():
+    brain = MeanBrain(modules={"scale": torch.nn.Linear(1, 1)}, opt_class=lambda params: torch.optim.SGD(params),
+                      run_opts={"device": "cpu", "optimizer_step_limit": "7"})
+    assert brain.optimizer_step_limit == 7

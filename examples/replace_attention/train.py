@@ -5,11 +5,11 @@
     python train.py hparams/replace_attention.yaml --data_folder=... --mixer=fastformer --causal=True
     python train.py hparams/mixer_encoder.yaml --data_folder=...
 
-``replace_attention.yaml`` builds the stock model and swaps its attention with
-``!apply:speechbrain_ext.replace.replace.replace_attention``; ``mixer_encoder.yaml`` puts our
-``MixerConformerEncoder`` in place of its encoder (``!apply:speechbrain_ext.replace.replace.replace_encoder``).
-Characters, joint CTC + attention loss; a small example of the three routes of the README, not a
-tuned recipe (no language model, no beam search: greedy CTC error rate at validation).
+``replace_attention.yaml`` builds the stock model and swaps its self-attention layers with
+``!apply:speechbrain_ext.replace.replace_attention``; ``mixer_encoder.yaml`` puts a
+``MixerConformerEncoder`` in place of its encoder (``!apply:speechbrain_ext.replace.replace_encoder``).
+Characters, joint CTC + attention loss, greedy CTC character error rate at validation: an example of the
+two ways in, small enough for a CPU, not a tuned recipe (no checkpoints, no language model, no beam search).
 """
 
 import sys
