@@ -21,6 +21,9 @@ CODEBOOK_SIZE = 8192
 DROPOUT = 0.1
 # The paper's five mixers; mhsa_flash is ours (SDPA kernels, rotary positions), widened to mhsa's budget.
 PAPER_MIXERS = ("mhsa", "hypermixing", "fastformer", "summarymixing", "mamba")
+# Models a run script trained beside its YAML's: name -> (mixer, the settings that differ).
+# summarymixing_1head: run/run_summix.sh and run_summix_lg.sh (--nhead 1 --d_model 536 / 848).
+VARIANTS = {"summarymixing_1head": ("summarymixing", {"nhead": 1})}
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,17 @@ SIZES = {
         layers=12,
         layerdrop=0.05,
         widths={"mhsa": 576, "mhsa_flash": 592, "hypermixing": 672, "fastformer": 616, "summarymixing": 632,
-                "mamba": 474},
+                "summarymixing_1head": 536, "mamba": 474},
         paper_parameters={"mhsa": 94.03e6, "hypermixing": 94.32e6, "fastformer": 93.93e6,
-                          "summarymixing": 93.16e6, "mamba": 94.23e6},
+                          "summarymixing": 94.133e6, "summarymixing_1head": 94.606e6, "mamba": 94.23e6},
     ),
     "large": Size(
         layers=24,
         layerdrop=0.1,
         widths={"mhsa": 848, "mhsa_flash": 880, "hypermixing": 1048, "fastformer": 920, "summarymixing": 976,
-                "mamba": 678},
+                "summarymixing_1head": 848, "mamba": 678},
         paper_parameters={"mhsa": 313.50e6, "hypermixing": 315.44e6, "fastformer": 312.55e6,
-                          "summarymixing": 310.70e6, "mamba": 314.92e6},
+                          "summarymixing": 313.706e6, "summarymixing_1head": 313.371e6, "mamba": 314.92e6},
     ),
 }
 
@@ -61,7 +64,7 @@ def paper_mixer_kwargs(mixer: str, d_model: int) -> dict:
         "hypermixing": {"hypernet_size": D_FFN},  # HyperMixing(hypernet_size=d_ffn, tied=False)
         "fastformer": {"share_query_value": True, "scoring": "linear", "dropout": DROPOUT, "init": "normal"},
         "summarymixing": {"mode": "full", "combine": "concat", "local_hidden": 512, "local_out": 512,
-                          "summary_hidden": 512, "summary_out": d_model, "block_diagonal": True,
+                          "summary_hidden": 1024, "summary_out": d_model, "block_diagonal": True,
                           "norm": True, "activation": "swish"},
         "mamba": {"d_state": 16, "d_conv": 4, "expand": 2, "prenorm_residual": True},
     }
@@ -71,19 +74,21 @@ def paper_mixer_kwargs(mixer: str, d_model: int) -> dict:
 
 
 def paper_encoder_settings(size: str, mixer: str) -> dict:
-    """Keyword arguments of ``SpeechEncoder`` for the paper's model ``size`` with ``mixer``."""
+    """Keyword arguments of ``SpeechEncoder`` for the paper's model ``size`` with ``mixer`` (a mixer of
+    the table, or a name of ``VARIANTS``)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
     table = SIZES[size]
     if mixer not in table.widths:
         raise ValueError(f"no {size} width for mixer {mixer!r}; valid: {', '.join(table.widths)}")
     d_model = table.widths[mixer]
+    mixer, variant = VARIANTS.get(mixer, (mixer, {}))
     return {
         "mixer": mixer,
         "num_layers": table.layers,
         "d_model": d_model,
         "d_ffn": D_FFN,
-        "nhead": NHEAD,
+        "nhead": variant.get("nhead", NHEAD),
         "mixer_kwargs": paper_mixer_kwargs(mixer, d_model),
         "dropout": DROPOUT,
         "layerdrop_prob": table.layerdrop,

@@ -46,10 +46,11 @@ def paper_mixer(name, d_model=D, nhead=H):
 
 
 def block_diagonal_linear(x, weight, bias):
-    """x (..., G * I) through G separate I -> O maps (weight (G, I, O)), bias (G * O): one loop per group."""
+    """x (..., G * I) through G separate I -> O maps (weight (G, I, O), bias (G, O), as the fork's
+    ``ParallelLinear``): one loop per group."""
     groups, width_in, _ = weight.shape
-    outs = [x[..., g * width_in:(g + 1) * width_in] @ weight[g] for g in range(groups)]
-    return torch.cat(outs, dim=-1) + bias
+    outs = [x[..., g * width_in:(g + 1) * width_in] @ weight[g] + bias[g] for g in range(groups)]
+    return torch.cat(outs, dim=-1)
 
 
 def summary_mixing_reference(mixer, x, valid):
@@ -122,14 +123,34 @@ def test_summary_mixing_matches_the_papers_equations():
 
 
 def test_summary_mixing_paper_parameters_per_block():
-    """f: d->512->512, s: d->512->d, both in 8 diagonal blocks; two LayerNorms; Linear(512 + d -> d)."""
+    """f: d->512->512, s: d->1024->d (the fork's ConformerEncoder defaults), both in 8 diagonal blocks;
+    two LayerNorms; Linear(512 + d -> d)."""
     d_model = 632
     with torch.device("meta"):
         mixer = SummaryMixing(d_model, 8, **paper_mixer_kwargs("summarymixing", d_model))
     f = (d_model * 512 + 512 * 512) // 8 + 2 * 512
-    s = (d_model * 512 + 512 * d_model) // 8 + 512 + d_model
+    s = (d_model * 1024 + 1024 * d_model) // 8 + 1024 + d_model
     expected = f + s + 2 * 512 + 2 * d_model + (512 + d_model) * d_model + d_model
     assert sum(p.numel() for p in mixer.parameters()) == expected
+
+
+def test_summary_mixing_initialisation_is_the_forks():
+    """ParallelLinear's 2-D biases are redrawn by TransformerASR's Xavier pass (std sqrt(2 / (G + O/G))),
+    the dense merge layer's bias is zero (SummaryMixing._init_parameters), and so are LayerNorm biases."""
+    torch.manual_seed(0)
+    encoder = SpeechEncoder.paper("base", "summarymixing", num_layers=2)
+    for layer in encoder.encoder.layers:
+        mixer = layer.mha_layer
+        for grouped, width in ((mixer.local[0], 512), (mixer.summary[0], 1024), (mixer.summary[2], 632)):
+            assert grouped.bias.shape == (8, width // 8)
+            expected = math.sqrt(2 / (8 + width // 8))
+            assert abs(grouped.bias.std().item() / expected - 1) < 0.15, (width, grouped.bias.std().item())
+        assert torch.count_nonzero(mixer.combiner[0].bias) == 0
+        assert torch.count_nonzero(mixer.summary_norm.bias) == 0
+    # Without the Xavier pass: kaiming_uniform(a=sqrt(5)) on the (G, O/G) bias, bound 1 / sqrt(O/G).
+    mixer = SummaryMixing(632, 8)
+    bias = mixer.summary[0].bias
+    assert bias.abs().max() <= 1 / math.sqrt(128) and bias.abs().max() > 0.8 / math.sqrt(128)
 
 
 @torch.no_grad()

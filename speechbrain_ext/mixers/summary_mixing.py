@@ -7,15 +7,17 @@ Time and memory are O(T). The ``lite`` mode keeps only the summary (no f, no c):
 receives the same global vector, and local processing is left to the rest of the block.
 
 The BEST-RQ paper's code (whettenr/speechbrain-fork, branch summary-mixing,
-``speechbrain/nnet/summary_mixing.py`` and its use in ``Conformer.py``) runs the full mode with
-f and s two-layer MLPs (hidden 512, f out 512, s out d_model) whose layers are block-diagonal
-in ``nhead`` groups, a LayerNorm on f's output and one on the averaged summary, and
-c = activation(Linear(512 + d_model -> d_model)) on the concatenation. Those are the options
-``local_hidden=512, summary_hidden=512, summary_out=d_model, block_diagonal=True, norm=True,
-combine="concat"``, the defaults here. ``local_hidden=None`` / ``summary_hidden=None`` make f and s
-single layers, and ``combine="add"`` has c read ``f(x_t) + s̄``.
+``speechbrain/nnet/summary_mixing.py`` and its use in ``Conformer.py`` / ``Transformer.py``) runs
+the full mode with f: d -> 512 -> 512 and s: d -> 1024 -> d_model (its ``ConformerEncoder``'s own
+defaults: ``Transformer.py`` does not pass the YAML's widths on), every layer block-diagonal in
+``nhead`` groups, a LayerNorm on f's output and one on the averaged summary, and
+c = activation(Linear(512 + d_model -> d_model)) on the concatenation, dense biases zeroed. Those
+are the defaults here (``local_hidden=512, summary_hidden=1024, summary_out=d_model,
+block_diagonal=True, norm=True, combine="concat"``). ``local_hidden=None`` / ``summary_hidden=None``
+make f and s single layers, and ``combine="add"`` has c read ``f(x_t) + s̄``.
 """
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -37,6 +39,11 @@ class GroupedLinear(nn.Module):
     """Block-diagonal linear layer: the input and the output are cut into ``groups`` equal
     slices and slice g of the output reads slice g of the input only.
 
+    The parameters have the shapes of the paper's code's ``ParallelLinear`` (whettenr/speechbrain-fork,
+    ``lobes/models/VanillaNN.py``): weight (groups, in / groups, out / groups) and bias
+    (groups, out / groups), both drawn by ``kaiming_uniform_(a=sqrt(5))``. Being 2-D, the bias is
+    redrawn by an encoder's Xavier initialisation, as it is in that code.
+
     Arguments
     ---------
     in_features, out_features : int
@@ -49,7 +56,7 @@ class GroupedLinear(nn.Module):
     >>> layer = GroupedLinear(64, 32, groups=4)
     >>> layer(torch.rand(2, 5, 64)).shape
     torch.Size([2, 5, 32])
-    >>> sum(p.numel() for p in layer.parameters())  # 4 blocks of 16 x 8, and 32 biases
+    >>> sum(p.numel() for p in layer.parameters())  # 4 blocks of 16 x 8, and 4 x 8 biases
     544
     """
 
@@ -58,16 +65,15 @@ class GroupedLinear(nn.Module):
         check_heads("summarymixing", in_features, groups, what="input width")
         check_heads("summarymixing", out_features, groups, what="output width")
         self.groups = groups
-        bound = (in_features // groups) ** -0.5  # nn.Linear's uniform range for one block's fan-in
         self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
-        self.bias = nn.Parameter(torch.empty(out_features))
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        self.bias = nn.Parameter(torch.empty(groups, out_features // groups))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.bias, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
         grouped = x.unflatten(-1, (self.groups, -1))
-        return torch.einsum("...gi,gio->...go", grouped, self.weight).flatten(-2) + self.bias
+        return (torch.einsum("...gi,gio->...go", grouped, self.weight) + self.bias).flatten(-2)
 
 
 def _mlp(d_in: int, hidden: Optional[int], d_out: int, groups: int, activation: type) -> nn.Sequential:
@@ -103,7 +109,9 @@ class SummaryMixing(nn.Module, SequenceMixer):
     activation : str or type
         Non-linearity used in f, s and c (a name of ``ACTIVATIONS`` or a class).
     local_hidden, summary_hidden : int, optional
-        Hidden width of f and s (the paper's code: 512 each); None makes them a single layer.
+        Hidden width of f and s; None makes them a single layer. The paper's code: 512 and 1024
+        (the defaults of its ``ConformerEncoder``, which its ``TransformerASR`` builds without
+        passing the YAML's ``summary_hid_dim``).
     block_diagonal : bool
         Every layer of f and s block-diagonal in ``nhead`` groups (the paper's code).
     norm : bool
@@ -142,7 +150,7 @@ class SummaryMixing(nn.Module, SequenceMixer):
         combine: str = "concat",
         activation: Union[str, type] = "swish",
         local_hidden: Optional[int] = 512,
-        summary_hidden: Optional[int] = 512,
+        summary_hidden: Optional[int] = 1024,
         block_diagonal: bool = True,
         norm: bool = True,
         causal: bool = False,
@@ -172,6 +180,9 @@ class SummaryMixing(nn.Module, SequenceMixer):
             self.combiner = nn.Sequential(nn.Linear(combined, d_model), activation())
         else:
             self.combiner = nn.Linear(summary_out, d_model)
+        for module in self.modules():  # the paper's code zeroes the bias of every dense layer
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
 
     def forward(
         self,
