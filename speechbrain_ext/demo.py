@@ -33,7 +33,7 @@ DEMO_SETTINGS = {
 STEP_LINE = re.compile(r"^optimizer step: (\d+), lr: \S+ - train loss: (\S+), train masked_accuracy: (\S+)$", re.M)
 EPOCH_LINE = re.compile(
     r"^epoch: (\d+), .* valid loss: ([^,\s]+), valid masked_accuracy: ([^,\s]+)"
-    r"(?:, valid majority_code_share: (\S+))?$", re.M)
+    r"(?:, .*valid majority_code_share: (\S+))?$", re.M)
 
 
 def read_curve(train_log: Path) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float, float]]]:

@@ -119,3 +119,23 @@ def test_target_counts_are_the_masked_frames_targets():
     expected = torch.bincount(targets[mask[:, ::span]], minlength=64)
     assert torch.equal(out.target_counts, expected)
 
+
+
+def test_codebook_health_sees_a_forced_collapse():
+    """Every code of the codebook made the same vector: every target is one code, usage 1/V, entropy 0."""
+    from speechbrain_ext.bestrq.model import codebook_health
+
+    torch.manual_seed(0)
+    model = BestRQ(SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4), cb_vocab=64,
+                   per_utterance_mask=True)
+    wavs, lens = torch.randn(3, 16000), torch.tensor([1.0, 0.8, 0.6])
+    healthy = model(wavs, lens)
+    health = codebook_health(healthy.target_counts, healthy.prediction_counts)
+    assert health["codebook_usage"] > 0.2 and health["target_entropy"] > 2.0
+    assert int(healthy.prediction_counts.sum()) == int(healthy.target_counts.sum()) == healthy.num_masked
+    with torch.no_grad():
+        model.quantizer.codebooks[:] = model.quantizer.codebooks[:, :1]
+    collapsed = model(wavs, lens)
+    health = codebook_health(collapsed.target_counts, collapsed.prediction_counts)
+    assert health["codebook_usage"] == 1 / 64 and health["target_entropy"] == 0.0
+    assert health["majority_code_share"] == 1.0

@@ -28,12 +28,45 @@ class BestRQOutput:
 
     ``target_counts`` (cb_vocab,): how often each code of the first codebook is the target of a
     masked frame; its largest share is the accuracy of always predicting the most frequent code.
+    ``prediction_counts`` (cb_vocab,): how often the first head predicts each code on the masked frames.
     """
 
     loss: torch.Tensor
     accuracy: torch.Tensor
     num_masked: int
     target_counts: torch.Tensor | None = None
+    prediction_counts: torch.Tensor | None = None
+
+
+def _entropy_bits(counts: torch.Tensor) -> float:
+    probs = counts.double() / counts.sum()
+    probs = probs[probs > 0]
+    return float((probs * (1 / probs).log2()).sum())  # sum p log2(1/p): +0.0 for one code
+
+
+def codebook_health(target_counts: torch.Tensor, prediction_counts: torch.Tensor) -> dict[str, float]:
+    """How much of the codebook the targets and the predictions use, from counts over masked frames.
+
+    ``codebook_usage``: share of the codes that are the target of at least one frame;
+    ``target_entropy`` / ``prediction_entropy``: entropy (bits) of the targets' and of the predicted codes'
+    distributions (log2(cb_vocab) at most: a collapsed quantizer or head gives about 0);
+    ``majority_code_share``: the accuracy of always predicting the most frequent target code.
+
+    Example
+    -------
+    >>> health = codebook_health(torch.tensor([2, 2, 0, 0]), torch.tensor([4, 0, 0, 0]))
+    >>> health["codebook_usage"], health["target_entropy"], health["prediction_entropy"]
+    (0.5, 1.0, 0.0)
+    """
+    total = target_counts.sum()
+    if total <= 0:
+        raise ValueError("codebook_health needs at least one masked frame")
+    return {
+        "codebook_usage": float((target_counts > 0).sum() / target_counts.numel()),
+        "target_entropy": _entropy_bits(target_counts),
+        "prediction_entropy": _entropy_bits(prediction_counts),
+        "majority_code_share": float(target_counts.max() / total),
+    }
 
 
 class BestRQ(nn.Module):
@@ -118,16 +151,19 @@ class BestRQ(nn.Module):
         token_mask = mask[:, ::span]
         selected = encoded[token_mask]  # (M, E): only masked frames reach the heads
         selected_targets = targets[token_mask]  # (M, K)
-        losses, accuracies = [], []
+        losses, accuracies, predictions = [], [], []
         for k, head in enumerate(self.heads):
             logits = head(selected).float()
             losses.append(F.cross_entropy(logits, selected_targets[:, k]))
-            accuracies.append((logits.argmax(dim=-1) == selected_targets[:, k]).float().mean())
+            predictions.append(logits.argmax(dim=-1).detach())
+            accuracies.append((predictions[-1] == selected_targets[:, k]).float().mean())
+        vocab = self.heads[0].out_features
         return BestRQOutput(
             loss=torch.stack(losses).mean(),
             accuracy=torch.stack(accuracies).mean().detach(),
             num_masked=int(selected.shape[0]),
-            target_counts=torch.bincount(selected_targets[:, 0].detach(), minlength=self.heads[0].out_features),
+            target_counts=torch.bincount(selected_targets[:, 0].detach(), minlength=vocab),
+            prediction_counts=torch.bincount(predictions[0], minlength=vocab),
         )
 
 

@@ -17,10 +17,12 @@ encoder is written to ``<output_folder>/encoder/`` for the MP3S recipes and
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
+from speechbrain_ext.bestrq.model import codebook_health
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.librispeech import prepare_librispeech
 from speechbrain_ext.training import (
@@ -52,9 +54,9 @@ class BestRQBrain(ResilientBrain):
         """The loss on the masked frames; counts the correct predictions (and, in validation, the targets)."""
         self.masked_correct += float(outputs.accuracy) * outputs.num_masked
         self.masked_total += outputs.num_masked
-        if stage == sb.Stage.VALID and outputs.target_counts is not None:
-            counts = outputs.target_counts.cpu()
-            self.target_counts = counts if self.target_counts is None else self.target_counts + counts
+        if stage == sb.Stage.VALID:
+            self.target_counts += outputs.target_counts.cpu()
+            self.prediction_counts += outputs.prediction_counts.cpu()
         return outputs.loss
 
     def on_fit_start(self):
@@ -76,7 +78,8 @@ class BestRQBrain(ResilientBrain):
 
     def on_stage_start(self, stage, epoch=None):
         self.masked_correct, self.masked_total = 0.0, 0
-        self.target_counts = None
+        self.target_counts = torch.zeros(self.hparams.cb_vocab, dtype=torch.long)
+        self.prediction_counts = torch.zeros_like(self.target_counts)
         if stage == sb.Stage.TRAIN and epoch is not None:  # global normalisation stops updating at its epoch
             getattr(self.modules.model, "module", self.modules.model).set_epoch(epoch)
         super().on_stage_start(stage, epoch)  # a run resumed mid-epoch takes its running totals back
@@ -104,9 +107,17 @@ class BestRQBrain(ResilientBrain):
             return
         if stage == sb.Stage.VALID:
             self.valid_masked_accuracy = stats["masked_accuracy"]  # the final one goes into the model card
-            if self.target_counts is not None and self.target_counts.sum() > 0:
-                # What always predicting the most frequent target code would score: the bar to beat.
-                stats["majority_code_share"] = float(self.target_counts.max() / self.target_counts.sum())
+            if self.target_counts.sum() > 0:
+                # Codebook use, and what always predicting the most frequent target code would score (last:
+                # the bar to beat).
+                health = codebook_health(self.target_counts, self.prediction_counts)
+                stats.update(health)
+                if health["codebook_usage"] < self.hparams.min_codebook_usage:
+                    logger.warning(
+                        "epoch %s: the validation targets use %.1f%% of the %d codes (min_codebook_usage: %.1f%%): "
+                        "the quantizer's input may have collapsed (silence, constant features, broken "
+                        "normalisation)", epoch, 100 * health["codebook_usage"], self.target_counts.numel(),
+                        100 * self.hparams.min_codebook_usage)
         meta = {"epoch": epoch, "optimizer step": self.optimizer_step, "lr": self.learning_rate()}
         self.log_stats(meta, getattr(self, "train_stats", None), stats)
         if stage == sb.Stage.VALID:
