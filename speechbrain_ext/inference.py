@@ -126,7 +126,10 @@ class MixerEncoder(Pretrained):
 
     def encode_file(self, path: Union[str, Path], **kwargs) -> torch.Tensor:
         """Encodes one audio file of any rate and channel count (averaged to mono, resampled);
-        ``kwargs`` as :meth:`encode_batch`. Returns a batch of one."""
+        ``kwargs`` as :meth:`encode_batch`. Returns a batch of one.
+
+        A file holding samples that are not finite (NaN, inf) or absurd (beyond
+        :data:`~speechbrain_ext.data.audio.MAX_ABS_SAMPLE`) is a ValueError naming it."""
         signal = read_audio_resampled(str(path), int(self.hparams.sample_rate))
         return self.encode_batch(signal.unsqueeze(0), torch.ones(1), **kwargs)
 

@@ -112,3 +112,47 @@ def test_sentence_normalisation_is_an_option():
     assert not any("normalize" in key for key in encoder.state_dict())
     with pytest.raises(ValueError, match="unknown normalization 'batch'"):
         SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4, normalization="batch")
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), -float("inf")])
+def test_statistics_never_take_in_a_non_finite_value(fill, caplog):
+    torch.manual_seed(0)
+    norm = GlobalNormalization(4).train()
+    norm.set_epoch(1)
+    norm(torch.randn(2, 10, 4), torch.ones(2))
+    mean, std = norm.mean.clone(), norm.std.clone()
+    poisoned = torch.randn(2, 10, 4)
+    poisoned[1, 3, 2] = fill
+    with caplog.at_level("WARNING"):
+        norm(poisoned, torch.ones(2))
+    assert torch.equal(norm.mean, mean) and torch.equal(norm.std, std) and int(norm.count) == 1
+    assert "statistics update is skipped" in caplog.text
+    # The first batch too: the statistics are never set from a poisoned one.
+    fresh = GlobalNormalization(4).train()
+    fresh(poisoned, torch.ones(2))
+    assert int(fresh.count) == 0 and torch.equal(fresh.mean, torch.zeros(4)) and torch.equal(fresh.std, torch.ones(4))
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 1e30])
+def test_padded_frames_never_reach_the_statistics(fill):
+    x = torch.randn(2, 10, 4)
+    lengths = torch.tensor([1.0, 0.6])
+    clean, dirty = GlobalNormalization(4).train(), GlobalNormalization(4).train()
+    clean(x, lengths)
+    garbage = x.clone()
+    garbage[1, 6:] = fill
+    dirty(garbage, lengths)
+    torch.testing.assert_close(dirty.mean, clean.mean)
+    torch.testing.assert_close(dirty.std, clean.std)
+
+
+def test_a_poisoned_waveform_leaves_the_models_statistics_finite():
+    torch.manual_seed(0)
+    model = small_model().train()
+    model.set_epoch(1)
+    model(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))
+    wavs = torch.randn(2, 8000)
+    wavs[0, 100] = float("nan")
+    model(wavs, torch.tensor([1.0, 0.6]))
+    normalize = model.speech_encoder.normalize
+    assert torch.isfinite(normalize.mean).all() and torch.isfinite(normalize.std).all() and int(normalize.count) == 1

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import write_bad_audio
 
@@ -84,3 +85,66 @@ def test_cache_is_not_rewritten_when_nothing_is_new(tmp_path):
     assert [again.read(p).frames for p in paths] == [16000, 17600]
     again.save()
     assert (tmp_path / "headers.json").stat().st_mtime_ns == stamp
+
+
+def write_cache(path, files, digest=True):
+    saved = {"format": HeaderCache.FORMAT, "files": files}
+    if digest:
+        saved["digest"] = HeaderCache.digest(files)
+    path.write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("files", [[], None, "x"])
+def test_a_cache_without_a_mapping_of_files_is_read_again(tmp_path, caplog, files):
+    paths = write_good(tmp_path, 2)
+    cache_file = tmp_path / "headers.json"
+    write_cache(cache_file, files)
+    with caplog.at_level("WARNING"):
+        assert check_audio_files(paths, 16000, header_cache=cache_file) == check_audio_files(paths, 16000)
+    assert "ignoring stale audio header cache" in caplog.text
+    assert set(json.loads(cache_file.read_text())["files"]) == set(paths)  # rewritten whole
+
+
+@pytest.mark.parametrize("damage", ["short", "rate_0", "channels_0", "text", "negative_frames"])
+def test_a_malformed_cache_entry_is_read_again(tmp_path, caplog, damage):
+    paths = write_good(tmp_path, 2)
+    cache_file = tmp_path / "headers.json"
+    check_audio_files(paths, 16000, header_cache=cache_file)
+    files = json.loads(cache_file.read_text())["files"]
+    entry = files[paths[1]]
+    files[paths[1]] = {"short": entry[:3], "rate_0": [*entry[:2], 0, *entry[3:]],
+                       "channels_0": [*entry[:4], 0], "text": [*entry[:3], "17600", entry[4]],
+                       "negative_frames": [*entry[:3], -1, entry[4]]}[damage]
+    write_cache(cache_file, files)  # with a checksum that matches: the entry itself is judged
+    with caplog.at_level("WARNING"):
+        assert check_audio_files(paths, 16000, header_cache=cache_file) == [(1.0, None), (1.1, None)]
+    assert "ignoring 1 malformed entries" in caplog.text
+    assert json.loads(cache_file.read_text())["files"][paths[1]] == entry  # read again and rewritten
+
+
+def test_a_cache_edited_without_its_checksum_is_not_trusted(tmp_path, caplog):
+    (path,) = write_good(tmp_path, 1)
+    cache_file = tmp_path / "headers.json"
+    check_audio_files([path], 16000, header_cache=cache_file)
+    saved = json.loads(cache_file.read_text())
+    saved["files"][path][3] = 16000 * 3600  # one hour: the frame count is wrong, size and mtime still match
+    cache_file.write_text(json.dumps(saved))
+    with caplog.at_level("WARNING"):
+        assert check_audio_files([path], 16000, max_duration=10.0, header_cache=cache_file) == [(1.0, None)]
+    assert "do not match its checksum" in caplog.text
+
+
+@pytest.mark.parametrize(("fill", "words"), [(float("nan"), "non-finite"), (float("-inf"), "non-finite"),
+                                             (1e30, "absurd")])
+def test_decoding_check_refuses_poisoned_samples_and_lists_them(tmp_path, fill, words):
+    path = tmp_path / "float.wav"
+    signal = np.zeros(32000, dtype=np.float32)
+    signal[20000] = fill
+    sf.write(path, signal, 16000, subtype="FLOAT")
+    listing = audio.UndecodableList(tmp_path / audio.UndecodableList.NAME)
+    ((duration, problem),) = check_audio_files([str(path)], 16000, decode=True, undecodable=listing)
+    assert duration == 2.0 and problem.reason == "bad_samples"
+    assert words in problem.detail and "sample 20000" in problem.detail
+    assert audio.UndecodableList(listing.path).problem(str(path)) is not None
+    with pytest.raises(ValueError, match=f"{path}: {words}"):
+        audio.read_audio_resampled(str(path), 16000)

@@ -245,6 +245,19 @@ def test_bad_files_are_skipped_counted_and_listed(corpus, tmp_path, caplog):
     assert "corrupted=2" in caplog.text
 
 
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 1e30])
+def test_check_decoding_skips_clips_with_poisoned_samples(corpus, tmp_path, fill):
+    cy, rows = corpus / "cy", read_tsv(corpus / "cy" / "dev.tsv")
+    speech = sf.read(str(cy / "clips" / rows[0]["path"]), dtype="float32")[0]
+    speech[len(speech) // 2] = fill
+    sf.write(cy / "clips" / "common_voice_cy_poisoned.wav", speech, 48000, subtype="FLOAT")  # a float file
+    write_tsv(cy / "dev.tsv", COMMONVOICE_TSV_HEADER, [*rows, {**rows[0], "path": "common_voice_cy_poisoned.wav"}])
+    save = tmp_path / "save"
+    csvs = prepare_commonvoice(cy, save, check_decoding=True)
+    assert [row["ID"] for row in read_csv(csvs["dev"])[1]] == sorted(row["path"][:-4] for row in rows)
+    assert read_skipped(save / SKIPPED_FILE) == {str(cy / "clips" / "common_voice_cy_poisoned.wav"): "bad_samples"}
+
+
 def test_missing_files_and_folders(corpus, tmp_path):
     save = tmp_path / "save"
     with pytest.raises(FileNotFoundError, match=r"'clips/', 'train.tsv'.*nowhere.*clips/\*\.mp3"):

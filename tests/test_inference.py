@@ -142,3 +142,15 @@ def test_disagreeing_settings_files_are_refused_by_both_loaders(exported, tmp_pa
     for load in (lambda: MixerEncoder.from_hparams(source=str(folder)), lambda: SpeechEncoder.from_pretrained(folder)):
         with pytest.raises(ValueError, match=f"describe different encoders \\({key}: "):
             load()
+
+
+@pytest.mark.parametrize(("fill", "words"), [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
+                                             (1e30, "absurd")])
+def test_encode_file_refuses_poisoned_samples_naming_the_file(exported, tmp_path, fill, words):
+    signal = speech_like()
+    signal[12345] = fill
+    path = tmp_path / "poisoned.wav"
+    sf.write(path, signal, 16000, subtype="FLOAT")
+    encoder = MixerEncoder.from_hparams(source=str(exported))
+    with pytest.raises(ValueError, match=f"{path}: {words} samples"):
+        encoder.encode_file(path)

@@ -98,3 +98,25 @@ def test_every_mixer_encoder_runs_after_a_cast(name, dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     # Outputs are layer-normed (unit scale): half precision stays within a few hundredths.
     assert (out.float() - reference)[~mask].abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("fill", [float("inf"), float("-inf"), float("nan"), 1e30])
+def test_nothing_in_waveform_padding_reaches_valid_frames(fill):
+    """Garbage beyond ``wav_lens`` in the waveform changes no valid fbank frame and no valid encoder frame."""
+    torch.manual_seed(0)
+    encoder = SpeechEncoder("fastformer", **SMALL).eval()
+    wavs = 0.1 * torch.randn(2, 16000)
+    wav_lens = torch.tensor([1.0, 0.55])
+    wavs[1, 8800:] = 0.0
+    dirty_wavs = wavs.clone()
+    dirty_wavs[1, 8800:] = fill
+    with torch.no_grad():
+        clean_feats, lengths = encoder.features(wavs, wav_lens)
+        dirty_feats, dirty_lengths = encoder.features(dirty_wavs, wav_lens)
+        assert torch.equal(lengths, dirty_lengths)
+        assert torch.isfinite(dirty_feats).all()
+        torch.testing.assert_close(dirty_feats, clean_feats)
+        clean, dirty = encoder(wavs, wav_lens), encoder(dirty_wavs, wav_lens)
+    valid = ~clean.padding_mask
+    assert torch.isfinite(dirty.out[valid]).all()
+    torch.testing.assert_close(dirty.out[valid], clean.out[valid])

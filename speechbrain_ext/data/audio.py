@@ -2,11 +2,15 @@
 
 A bad file (unreadable, empty, too short or long, wrong rate) is found from its header alone,
 before training, so that it is left out with a logged, counted reason instead of failing an
-epoch halfway.
+epoch halfway. Samples that are not finite (NaN, inf) or absurdly large (beyond
+:data:`MAX_ABS_SAMPLE`; a float file can hold them) are found when a file is decoded: every reader
+here refuses them (:func:`sample_problem`), since one such file turns the loss and the global
+normalisation statistics into NaN.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -15,15 +19,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.dataio import audio_io
+from speechbrain.dataio.dataio import read_audio
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.files import atomic_writer
 
 logger = get_logger(__name__)
+
+#: The largest sample magnitude accepted. Decoded audio is at most 1 in magnitude (full scale) for integer
+#: formats; float files may exceed it, and a few times full scale is loud but real audio. 1000 times full
+#: scale (+60 dB) is no recording: such samples (1e30, say) are a broken file, refused like NaN or inf.
+MAX_ABS_SAMPLE = 1e3
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,51 @@ class AudioHeader:
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
+
+
+def sample_problem(samples: torch.Tensor | np.ndarray, offset: int = 0) -> str | None:
+    """What is wrong with decoded ``samples`` (any shape, time first), or None if they are fine.
+
+    Samples are wrong when one is not finite (NaN, inf) or beyond :data:`MAX_ABS_SAMPLE` in magnitude.
+    ``offset``: the index of the first sample in the file (for a block of a longer file).
+
+    Example
+    -------
+    >>> sample_problem(torch.tensor([0.1, float("nan"), -0.2]))
+    'non-finite samples (NaN or inf): 1, the first at sample 1'
+    >>> sample_problem(torch.tensor([0.1, 1e30])) is None
+    False
+    >>> sample_problem(torch.tensor([0.1, -0.9])) is None
+    True
+    """
+    samples = torch.as_tensor(samples)
+    bad = ~torch.isfinite(samples)
+    if bool(bad.any()):
+        first = int(bad.reshape(samples.shape[0], -1).any(dim=1).nonzero()[0, 0]) + offset
+        return f"non-finite samples (NaN or inf): {int(bad.sum())}, the first at sample {first}"
+    if samples.numel() and float(samples.abs().max()) > MAX_ABS_SAMPLE:
+        loud = (samples.abs() > MAX_ABS_SAMPLE).reshape(samples.shape[0], -1).any(dim=1)
+        first = int(loud.nonzero()[0, 0]) + offset
+        return (f"absurd samples: up to {float(samples.abs().max()):.3g} (full scale is 1, the limit "
+                f"{MAX_ABS_SAMPLE:g}), the first at sample {first}")
+    return None
+
+
+class BadSamplesError(ValueError):
+    """Audio that decodes to non-finite or absurd samples (see :func:`sample_problem`); the message names the file."""
+
+
+def check_samples(samples: torch.Tensor, path: str | os.PathLike) -> torch.Tensor:
+    """``samples`` if they are fine, else a :class:`BadSamplesError` naming ``path`` (see :func:`sample_problem`)."""
+    problem = sample_problem(samples)
+    if problem is not None:
+        raise BadSamplesError(f"{path}: {problem}")
+    return samples
+
+
+def read_audio_checked(path: str | os.PathLike) -> torch.Tensor:
+    """SpeechBrain's ``read_audio`` of ``path``, refusing non-finite or absurd samples (:class:`BadSamplesError`)."""
+    return check_samples(read_audio(str(path)), path)
 
 
 def read_header(path: str) -> AudioHeader | AudioProblem:
@@ -92,7 +148,7 @@ def check_audio(
     ``sample_rate`` None accepts any rate (for audio that is resampled when read).
 
     Reasons: ``missing_audio``, ``empty``, ``unreadable``, ``wrong_sample_rate``, ``not_mono``,
-    ``too_short``, ``too_long`` (and ``undecodable`` from :func:`check_audio_files`).
+    ``too_short``, ``too_long`` (and ``undecodable``, ``bad_samples`` from :func:`check_audio_files`).
 
     Example
     -------
@@ -109,6 +165,14 @@ class HeaderCache:
     storage, on every process of every run); with the cache a rerun costs one ``stat`` per file. Only good
     headers are kept: missing, empty and unreadable files are looked at again each time.
 
+    The file holds a SHA-256 ``digest`` of its entries: a cache whose entries do not match it (edited by hand,
+    damaged, or without one) is not trusted, and every header is read again. So is a cache that does not hold
+    a mapping of entries (``"files": []`` or ``null``), and so is each entry that is not five whole numbers
+    with a positive sample rate and channel count (each such file's header is read again): a damaged cache
+    costs a rerun its speed, never its correctness, and never crashes it. Entries are keyed by size and
+    modification time: a file replaced by another of the same size and modification time (``cp -p``,
+    ``rsync -t``) keeps its cached header.
+
     Example
     -------
     >>> import tempfile
@@ -124,12 +188,47 @@ class HeaderCache:
         self.entries: dict[str, list[int]] = {}  # path -> [size, mtime_ns, sample_rate, frames, channels]
         self.changed = False
         if self.path.is_file():
-            try:
-                saved = json.loads(self.path.read_text(encoding="utf-8"))
-                if saved.get("format") == self.FORMAT:
-                    self.entries = saved["files"]
-            except (OSError, ValueError, KeyError, AttributeError) as err:
-                logger.warning("ignoring unreadable audio header cache %s (%s): reading every header", path, err)
+            self._load()
+
+    @staticmethod
+    def digest(entries: dict) -> str:
+        """The SHA-256 of ``entries`` as the cache file writes them (keys sorted)."""
+        text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+    @staticmethod
+    def valid_entry(entry: object) -> bool:
+        """Whether ``entry`` is ``[size, mtime_ns, sample_rate, frames, channels]`` with a usable header."""
+        if not isinstance(entry, list) or len(entry) != 5:
+            return False
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in entry):
+            return False
+        size, _, sample_rate, frames, channels = entry
+        return size >= 0 and sample_rate > 0 and frames >= 0 and channels > 0
+
+    def _load(self) -> None:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring unreadable audio header cache %s (%s): reading every header", self.path, err)
+            return
+        if not isinstance(saved, dict) or saved.get("format") != self.FORMAT:
+            logger.warning("ignoring audio header cache %s of another format: reading every header", self.path)
+            return
+        files = saved.get("files")
+        if not isinstance(files, dict):
+            logger.warning("ignoring stale audio header cache %s (its files are %s, not a mapping): reading "
+                           "every header", self.path, type(files).__name__)
+            return
+        if saved.get("digest") != self.digest(files):
+            logger.warning("ignoring audio header cache %s: its entries do not match its checksum (edited or "
+                           "damaged): reading every header", self.path)
+            return
+        self.entries = {path: entry for path, entry in files.items() if self.valid_entry(entry)}
+        if len(self.entries) < len(files):
+            logger.warning("ignoring %d malformed entries of the audio header cache %s: reading those headers "
+                           "again", len(files) - len(self.entries), self.path)
+            self.changed = True
 
     def lookup(self, path: str) -> AudioHeader | AudioProblem | None:
         """The cached header if the file is unchanged since it was read, a problem if it is missing, else None."""
@@ -166,8 +265,9 @@ class HeaderCache:
         if not self.changed:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        entries = dict(self.entries)
         with atomic_writer(self.path) as handle:
-            json.dump({"format": self.FORMAT, "files": self.entries}, handle)
+            json.dump({"format": self.FORMAT, "files": entries, "digest": self.digest(entries)}, handle)
         self.changed = False
 
 
@@ -176,7 +276,9 @@ class UndecodableList:
 
     Each line is ``path, size, mtime_ns, error``; an entry holds while the file's size and modification time do,
     so a file replaced by a good copy is used again. Lines are appended in one write each (data loader workers
-    of several processes may add at once).
+    of several processes may add at once). Bytes that are not UTF-8 (a path of another encoding, a line cut by
+    a crash) are read and written back unchanged (``surrogateescape``, as Python names such paths); a line
+    that is not four fields is ignored.
 
     Example
     -------
@@ -194,11 +296,16 @@ class UndecodableList:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.entries: dict[str, tuple[int, int, str]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                fields = line.split("\t")
-                if len(fields) == 4 and fields[1].isdigit() and fields[2].isdigit():
-                    self.entries[fields[0]] = (int(fields[1]), int(fields[2]), fields[3])
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="surrogateescape") if self.path.is_file() else ""
+        except OSError as err:
+            logger.warning("ignoring unreadable list of undecodable audio %s (%s)", self.path, err)
+            text = ""
+        for line in text.splitlines():
+            fields = line.split("\t")
+            if len(fields) == 4 and fields[1].isascii() and fields[1].isdigit() and fields[2].isascii() \
+                    and fields[2].isdigit():
+                self.entries[fields[0]] = (int(fields[1]), int(fields[2]), fields[3])
 
     def problem(self, path: str) -> AudioProblem | None:
         """Why ``path`` is on the list (if it is, and unchanged since), else None."""
@@ -214,6 +321,7 @@ class UndecodableList:
         return AudioProblem(path, "undecodable", entry[2])
 
     def add(self, path: str, detail: str) -> None:
+        """Lists ``path`` (if it exists) with why it is left out, ``detail`` (one line)."""
         try:
             status = os.stat(path)
         except OSError:
@@ -221,16 +329,20 @@ class UndecodableList:
         detail = " ".join(detail.split())[:300]
         self.entries[path] = (status.st_size, status.st_mtime_ns, detail)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(f"{path}\t{status.st_size}\t{status.st_mtime_ns}\t{detail}\n")
 
 
 def decode_problem(path: str) -> AudioProblem | None:
-    """Decodes the whole file; the problem if that fails, else None."""
+    """Decodes the whole file; the problem if that fails or a sample is not finite or absurd, else None."""
     try:
         with sf.SoundFile(path) as handle:
-            while handle.read(1 << 20, dtype="float32").size:  # in blocks: a 1 h file never sits in memory
-                pass
+            offset = 0
+            while (block := handle.read(1 << 20, dtype="float32")).size:  # a 1 h file never sits in memory
+                problem = sample_problem(block, offset)
+                if problem is not None:
+                    return AudioProblem(path, "bad_samples", problem)
+                offset += block.shape[0]
     except Exception as err:  # noqa: BLE001 - any failure to decode
         return AudioProblem(path, "undecodable", " ".join(str(err).split()))
     return None
@@ -244,7 +356,8 @@ def check_audio_files(
 
     ``header_cache``: a JSON file of headers already read (:class:`HeaderCache`), read and updated.
     ``undecodable``: files on that list (and unchanged) are left out as ``undecodable``. ``decode``: every
-    file whose header is fine is also decoded in full; those that fail are left out and added to the list.
+    file whose header is fine is also decoded in full; those that fail (``undecodable``) or hold non-finite or
+    absurd samples (``bad_samples``) are left out and added to the list.
     """
     paths = list(paths)
     cache = HeaderCache(header_cache) if header_cache is not None else None
@@ -281,8 +394,10 @@ def read_audio_resampled(path: str, target_rate: int) -> torch.Tensor:
     """A mono waveform (L,) at ``target_rate``, from a file of any rate soundfile reads (MP3 too).
 
     Channels are averaged; resampling is torchaudio's band-limited sinc (pure torch, no FFmpeg).
+    Non-finite or absurd samples are a :class:`BadSamplesError` naming the file (:func:`check_samples`).
     """
     audio, rate = audio_io.load(str(path), dtype=torch.float32)  # (C, L)
+    check_samples(audio.T, path)
     signal = audio.mean(dim=0) if audio.shape[0] > 1 else audio[0]
     if rate != target_rate:
         signal = torchaudio.functional.resample(signal, rate, target_rate)

@@ -33,7 +33,7 @@ import soundfile as sf
 import torch
 from speechbrain.utils.logger import get_logger
 
-from speechbrain_ext.data.audio import AudioProblem, check_audio_files, read_audio_resampled
+from speechbrain_ext.data.audio import AudioProblem, check_audio_files, read_audio_resampled, sample_problem
 from speechbrain_ext.data.manifest import already_prepared, check_prepare_options, prepare_splits, split_list
 
 logger = get_logger(__name__)
@@ -48,6 +48,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "empty",  # 0 bytes, or a valid header with 0 frames
     "unreadable",  # soundfile cannot read the header (corrupted, not audio)
     "corrupted",  # the header reads but the audio does not decode (only with check_decoding)
+    "bad_samples",  # decodes to non-finite or absurd samples (only with check_decoding)
     "wrong_sample_rate",  # only when a sample_rate is required
     "not_mono",
     "too_short",  # duration < min_duration
@@ -304,12 +305,17 @@ def _read_tsv(tsv: Path, clips: Path) -> tuple[list[tuple[str, str, str, str]], 
 
 
 def _decoding_problem(path: str) -> AudioProblem | None:
-    """Decodes a clip whose header is fine: a failure or a truncated stream is "corrupted"."""
+    """Decodes a clip whose header is fine: a failure or a truncated stream is "corrupted", non-finite or
+    absurd samples are "bad_samples"."""
     try:
         frames = sf.info(path).frames
-        decoded = sf.read(path, dtype="float32", always_2d=True)[0].shape[0]
+        samples = sf.read(path, dtype="float32", always_2d=True)[0]
     except Exception as err:  # noqa: BLE001 - any failure to decode
         return AudioProblem(path, "corrupted", " ".join(str(err).split()))
+    decoded = samples.shape[0]
+    problem = sample_problem(samples)
+    if problem is not None:
+        return AudioProblem(path, "bad_samples", problem)
     if decoded < _MIN_DECODED_FRACTION * frames:
         return AudioProblem(path, "corrupted", f"decodes to {decoded} of the {frames} frames in its header")
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_ext.data.audio import (
+    BadSamplesError,
     UndecodableList,
     check_audio_files,
+    read_audio_checked,
     read_audio_resampled,
     summarize_problems,
 )
@@ -21,10 +24,22 @@ from speechbrain_ext.data.audio import (
 logger = get_logger(__name__)
 
 
-def read_manifests(csv_paths: Sequence[str | Path]) -> dict[str, dict]:
+def read_manifests(csv_paths: Sequence[str | Path], required: Sequence[str] = ("ID",)) -> dict[str, dict]:
     """Rows of one or more SpeechBrain CSVs (header with ``ID``), keyed by ID.
 
-    ``duration`` becomes a float; a repeated ID is an error naming both files.
+    ``duration`` becomes a float; a repeated ID is an error naming both files. A manifest without one of the
+    ``required`` columns, or with a duration that is not a finite number, is a ValueError naming the manifest
+    (and the column, or the line and ID).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "train.csv"
+    >>> _ = path.write_text("ID,duration,wav\\nu1,abc,/a.flac\\n")
+    >>> read_manifests([path])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: manifest ... line 2 (ID 'u1'): duration 'abc' is not a number of seconds
     """
     data: dict[str, dict] = {}
     origin: dict[str, Path] = {}
@@ -32,14 +47,32 @@ def read_manifests(csv_paths: Sequence[str | Path]) -> dict[str, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"manifest {path} does not exist (was the data preparation run?)")
         with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [column for column in required if column not in columns]
+            if missing:
+                raise ValueError(f"manifest {path} has no {', '.join(map(repr, missing))} column "
+                                 f"(its header: {', '.join(columns) or 'empty'})")
+            for row in reader:
                 utt_id = row.pop("ID")
                 if utt_id in data:
                     raise ValueError(f"utterance {utt_id!r} is listed in both {origin[utt_id]} and {path}")
                 if "duration" in row:
-                    row["duration"] = float(row["duration"])
+                    row["duration"] = _duration(row["duration"], f"manifest {path}, line {reader.line_num} "
+                                                f"(ID {utt_id!r})")
                 data[utt_id], origin[utt_id] = row, path
     return data
+
+
+def _duration(text: str | None, where: str) -> float:
+    """``text`` as a finite number of seconds, else a ValueError beginning with ``where``."""
+    try:
+        duration = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        duration = math.nan
+    if not math.isfinite(duration):
+        raise ValueError(f"{where}: duration {text!r} is not a number of seconds")
+    return duration
 
 
 def audio_dataset(
@@ -62,11 +95,14 @@ def audio_dataset(
     (Common Voice's 48 kHz MP3, say). ``header_cache`` (a JSON file, see
     :class:`~speechbrain_ext.data.audio.HeaderCache`) makes the check of a rerun one ``stat`` per file.
 
-    A file whose header is fine but whose data fails to decode during training gives ``sig`` None: the batch
-    goes on without it (:func:`speechbrain_ext.training.collate_decoded`), a warning names it, and it is
-    added to a skip list beside the header cache (``audio_undecodable.tsv``) so that no later run meets it
-    again (until the file changes). ``check_decoding`` decodes every file up front instead (slow: it reads
-    all the audio), leaving out those that fail.
+    A file whose header is fine but whose data fails to decode during training, or decodes to samples that
+    are not finite (NaN, inf) or absurd (beyond :data:`~speechbrain_ext.data.audio.MAX_ABS_SAMPLE`), gives
+    ``sig`` None: the batch goes on without it (:func:`speechbrain_ext.training.collate_decoded`), a warning
+    names it, and it is added to a skip list beside the header cache (``audio_undecodable.tsv``) so that no
+    later run meets it again (until the file changes). ``check_decoding`` decodes every file up front instead
+    (slow: it reads all the audio), leaving out those that fail or hold such samples.
+
+    The manifests need ``ID`` and ``wav`` columns (a ValueError names the manifest and the missing column).
 
     Example
     -------
@@ -81,7 +117,7 @@ def audio_dataset(
     >>> len(data), data[0]["sig"].dim()
     (2, 1)
     """
-    data = read_manifests(csv_paths)
+    data = read_manifests(csv_paths, required=("ID", "wav"))
     if not data:
         raise ValueError(f"the manifests {[str(p) for p in csv_paths]} list no utterance")
     ids = list(data)
@@ -107,7 +143,7 @@ def audio_dataset(
         )
         if report_file is not None:
             Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-            with open(report_file, "a", encoding="utf-8") as handle:
+            with open(report_file, "a", encoding="utf-8", errors="surrogateescape") as handle:
                 handle.writelines(f"{p.path}\t{p.reason}\t{p.detail}\n" for p in problems)
     if not data:
         raise ValueError(f"no usable audio in {[str(p) for p in csv_paths]}: {summarize_problems(problems)}")
@@ -119,12 +155,11 @@ def audio_dataset(
     @sb.utils.data_pipeline.provides("sig")
     def read_signal(wav: str) -> torch.Tensor | None:
         try:
-            if resample:
-                return read_audio_resampled(wav, sample_rate)
-            return sb.dataio.dataio.read_audio(wav)
+            return read_audio_resampled(wav, sample_rate) if resample else read_audio_checked(wav)
         except Exception as err:  # noqa: BLE001 - data that fails to decode although its header was fine
-            detail = " ".join(str(err).split())
-            logger.warning("could not decode %s (%s): left out of its batch%s", wav, detail,
+            detail = " ".join(str(err).removeprefix(f"{wav}: ").split())
+            what = "refused the samples of" if isinstance(err, BadSamplesError) else "could not decode"
+            logger.warning("%s %s (%s): left out of its batch%s", what, wav, detail,
                            f", and of later runs (listed in {undecodable.path})" if undecodable else "")
             if undecodable is not None:
                 undecodable.add(wav, detail)

@@ -8,12 +8,19 @@ folded into running averages with weight ``1 / (batches seen + 1)`` (the first b
 while the epoch is below ``update_until_epoch``; then they stay fixed. Here the statistics are
 buffers, so they are saved in checkpoints with the model, exported with the encoder and loaded
 by ``SpeechEncoder.from_pretrained``: downstream features match pretraining.
+
+The statistics never take in a value that is not finite: a batch whose valid frames hold NaN or inf
+(audio with such samples) leaves them as they are, with a warning, and is not counted. Padded frames
+(beyond ``lengths``) never reach them, whatever they hold.
 """
 
 import math
 
 import torch
+from speechbrain.utils.logger import get_logger
 from torch import nn
+
+logger = get_logger(__name__)
 
 
 class GlobalNormalization(nn.Module):
@@ -60,12 +67,16 @@ class GlobalNormalization(nn.Module):
     def _update(self, x: torch.Tensor, lengths: torch.Tensor) -> None:
         frames = torch.round(lengths.float() * x.shape[1]).long().clamp(min=1)
         valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
-        x = x.float()
+        x = torch.where(valid, x.float(), 0.0)  # not x * valid: inf * 0 is NaN
         counts = frames.to(x.dtype).view(-1, 1)
-        means = (x * valid).sum(dim=1) / counts  # (B, F) per utterance
-        variances = ((x - means.unsqueeze(1)).pow(2) * valid).sum(dim=1) / (counts - 1).clamp(min=1)
+        means = x.sum(dim=1) / counts  # (B, F) per utterance
+        variances = torch.where(valid, x - means.unsqueeze(1), 0.0).pow(2).sum(dim=1) / (counts - 1).clamp(min=1)
         stds = variances.sqrt().clamp(min=self.eps)
         batch_mean, batch_std = means.mean(dim=0), stds.mean(dim=0)
+        if not bool(torch.isfinite(batch_mean).all() and torch.isfinite(batch_std).all()):
+            logger.warning("global normalisation: the batch's features are not all finite (NaN or inf, from its "
+                           "audio): its statistics update is skipped")
+            return
         if int(self.count) == 0:
             self.mean.copy_(batch_mean)
             self.std.copy_(batch_std)

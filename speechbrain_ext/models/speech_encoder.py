@@ -218,10 +218,13 @@ class SpeechEncoder(nn.Module):
     def features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised fbank (B, T, n_mels), T padded to a multiple of 4, and valid frames per row.
 
-        ``wav_lens`` are SpeechBrain's relative lengths (fraction of the padded length).
+        ``wav_lens`` are SpeechBrain's relative lengths (fraction of the padded length). Samples beyond them are
+        zeroed first, so that whatever the padding holds (NaN, inf, 1e30) no valid frame changes.
         """
         with torch.autocast(device_type=wavs.device.type, enabled=False):
-            feats = self.compute_features(wavs.float())
+            samples = torch.round(wav_lens.float() * wavs.shape[1]).long()
+            beyond = torch.arange(wavs.shape[1], device=wavs.device).unsqueeze(0) >= samples.unsqueeze(1)
+            feats = self.compute_features(wavs.float().masked_fill(beyond, 0.0))
             feats = self.normalize(feats, wav_lens.float())
         # A row of n samples has 1 + n // hop frames (centred STFT): the ceiling of its share.
         lengths = torch.ceil(wav_lens.float() * feats.shape[1] - 1e-3).long().clamp(1, feats.shape[1])
