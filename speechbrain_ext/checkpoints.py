@@ -11,6 +11,14 @@ Resumption then falls back: it loads the newest (or best) checkpoint that loads,
 (path and error) in the log, and moves those aside as ``corrupt-CKPT+...`` so that they are kept for inspection
 but never picked again. When none loads, it raises with every path and error.
 
+Each checkpoint records the SHA-256 of each of its files (``checksums.sha256``, the format of ``sha256sum -c``).
+Nothing of a checkpoint is applied before all of its files are verified: a flipped bit or an emptied file makes
+the checkpoint broken, never a model that loads. A fallback starts from a clean slate (no data loader position or
+random state left over from the broken checkpoint). A read that fails with an ``OSError`` (a network file
+system's hiccup) is tried again before the checkpoint counts as broken. A checkpoint whose modules or optimizers
+hold a NaN or an infinity is never written: the save raises, naming the tensor and the optimizer step, and the
+last good checkpoint stays the one to resume from.
+
 Use it wherever SpeechBrain's ``Checkpointer`` goes::
 
     checkpointer: !new:speechbrain_ext.checkpoints.AtomicCheckpointer
@@ -20,11 +28,15 @@ Use it wherever SpeechBrain's ``Checkpointer`` goes::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 import yaml
 from speechbrain.utils.checkpoints import (
     DEFAULT_SAVE_HOOKS,
@@ -43,6 +55,49 @@ logger = get_logger(__name__)
 STAGING_PREFIX = ".incomplete-"
 REPLACED_PREFIX = "replaced-"
 CORRUPT_PREFIX = "corrupt-"
+CHECKSUM_FILE = "checksums.sha256"
+READ_ATTEMPTS = 3  # reads that fail with an OSError are tried this many times
+RETRY_DELAY_S = 0.5
+
+
+class BrokenCheckpoint(ValueError):
+    """A checkpoint whose files are not the ones that were saved (checksum mismatch, missing or extra file)."""
+
+
+class NonFiniteState(RuntimeError):
+    """A save refused: a module or optimizer holds NaN or infinite values."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensors(value, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a (nested) state dict, with its dotted name."""
+    if torch.is_tensor(value):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{name}.{index}")
+
+
+def non_finite_tensors(state: dict, name: str) -> list[str]:
+    """Names of the floating-point tensors of ``state`` (a ``state_dict``) that hold a NaN or an infinity.
+
+    Example
+    -------
+    >>> non_finite_tensors({"w": torch.ones(2), "b": torch.tensor([1.0, float("nan")])}, "model")
+    ['model.b']
+    """
+    return [key for key, tensor in _tensors(state, name)
+            if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all())]
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -101,7 +156,7 @@ class AtomicCheckpointer(Checkpointer):
         failures = []
         for checkpoint in candidates:
             try:
-                self.load_checkpoint(checkpoint)
+                self._load_with_retries(checkpoint)
             except Exception as err:  # noqa: BLE001 - any failure to read or apply a file: try an older one
                 logger.error(f"Could not load the checkpoint {checkpoint.path}: {type(err).__name__}: {err}")
                 failures.append((checkpoint, err))
@@ -114,6 +169,74 @@ class AtomicCheckpointer(Checkpointer):
             raise RuntimeError(f"no checkpoint in {self.checkpoints_dir} loads:\n{details}") from failures[0][1]
         logger.info("Would load a checkpoint here, but none found yet.")
         return None
+
+    def _load_with_retries(self, checkpoint: Checkpoint) -> None:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                self.load_checkpoint(checkpoint)
+                return
+            except OSError as err:
+                if isinstance(err, FileNotFoundError) or attempt == READ_ATTEMPTS:
+                    raise
+                logger.warning(f"Reading the checkpoint {checkpoint.path} failed ({type(err).__name__}: {err}); "
+                               f"trying again ({attempt + 1} of {READ_ATTEMPTS})")
+                time.sleep(RETRY_DELAY_S)
+
+    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Verifies every file of ``checkpoint`` against its checksums, then applies all of its recoverables.
+
+        Nothing is applied when a file differs from what was saved (:class:`BrokenCheckpoint`). Before applying,
+        what a previous load may have left pending (a data loader's position) is cleared, so that nothing of an
+        earlier, broken checkpoint survives a fallback to this one.
+        """
+        self.verify(checkpoint)
+        for obj in self.recoverables.values():
+            if hasattr(obj, "_speechbrain_recovery_skip_to"):  # SaveableDataLoader
+                obj._speechbrain_recovery_skip_to = None
+        super().load_checkpoint(checkpoint)
+
+    @staticmethod
+    def verify(checkpoint: Checkpoint) -> None:
+        """Raises :class:`BrokenCheckpoint` unless the files of ``checkpoint`` are exactly those saved.
+
+        A checkpoint without a checksum file (one written by SpeechBrain's own ``Checkpointer``) is loaded
+        unverified, with a warning.
+        """
+        folder = Path(checkpoint.path)
+        listing = folder / CHECKSUM_FILE
+        if not listing.exists():
+            logger.warning(f"The checkpoint {folder} has no {CHECKSUM_FILE}: loaded without verifying its files")
+            return
+        expected = {}
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            digest, _, name = line.partition("  ")
+            if len(digest) != 64 or not name:
+                raise BrokenCheckpoint(f"{listing} has a malformed line: {line[:100]!r}")
+            expected[name] = digest
+        present = {path.name for path in folder.iterdir() if path.is_file() and path.name != CHECKSUM_FILE}
+        missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
+        if missing or extra:
+            raise BrokenCheckpoint(f"{folder}: files missing {missing}, files not saved with it {extra}")
+        differing = [name for name, digest in expected.items() if _sha256(folder / name) != digest]
+        if differing:
+            raise BrokenCheckpoint(f"{folder}: {', '.join(differing)} changed since the checkpoint was saved "
+                                   "(checksum mismatch)")
+
+    def check_finite(self) -> None:
+        """Raises :class:`NonFiniteState` if a module or optimizer among the recoverables holds NaN or inf."""
+        bad = []
+        for key, obj in self.recoverables.items():
+            if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
+                bad += non_finite_tensors(obj.state_dict(), key)
+        if bad:
+            step = getattr(self.recoverables.get("brain"), "optimizer_step", None)
+            where = f" at optimizer step {step}" if step is not None else ""
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NonFiniteState(
+                f"not saving a checkpoint{where}: {shown} hold NaN or infinite values. Training diverged or read "
+                f"non-finite data; the last checkpoint in {self.checkpoints_dir} stays the one to resume from "
+                "(lower the learning rate, check the audio)"
+            )
 
     def _set_aside(self, folder: Path, err: Exception) -> None:
         if not if_main_process() or not folder.exists():
@@ -128,6 +251,7 @@ class AtomicCheckpointer(Checkpointer):
         self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None,
         verbosity: int = logging.INFO,
     ) -> Checkpoint | None:
+        self.check_finite()
         final_dir = staging_dir = None
         if if_main_process():
             final_dir = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
@@ -146,6 +270,8 @@ class AtomicCheckpointer(Checkpointer):
             return None
 
         saved_meta = self._save_checkpoint_metafile(staging_dir / METAFNAME, meta or {}, end_of_epoch)
+        sums = "".join(f"{_sha256(path)}  {path.name}\n" for path in sorted(staging_dir.iterdir()) if path.is_file())
+        (staging_dir / CHECKSUM_FILE).write_text(sums, encoding="utf-8")
         _fsync_tree(staging_dir)
         if final_dir.exists():  # a named checkpoint saved again: swap, so one complete version always exists
             replaced = final_dir.with_name(STAGING_PREFIX + REPLACED_PREFIX + final_dir.name)

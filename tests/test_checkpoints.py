@@ -6,7 +6,14 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer, mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from speechbrain_ext.checkpoints import CORRUPT_PREFIX, STAGING_PREFIX, AtomicCheckpointer
+from speechbrain_ext.checkpoints import (
+    CHECKSUM_FILE,
+    CORRUPT_PREFIX,
+    STAGING_PREFIX,
+    AtomicCheckpointer,
+    BrokenCheckpoint,
+    NonFiniteState,
+)
 
 
 class Interrupted(Exception):
@@ -76,7 +83,7 @@ def test_next_save_removes_the_leftover_and_publishes_a_whole_checkpoint(tmp_pat
     assert "Removed 1 incomplete checkpoint folder" in caplog.text
     assert not list(tmp_path.glob(STAGING_PREFIX + "*"))
     (only,) = tmp_path.glob("CKPT+*")
-    assert sorted(p.name for p in only.iterdir()) == ["CKPT.yaml", "model.ckpt", "state.ckpt"]
+    assert sorted(p.name for p in only.iterdir()) == ["CKPT.yaml", CHECKSUM_FILE, "model.ckpt", "state.ckpt"]
     assert resumed_step(AtomicCheckpointer, tmp_path) == 12
 
 
@@ -171,3 +178,100 @@ def test_a_model_that_no_longer_matches_its_checkpoints_is_an_error_not_a_fallba
     with pytest.raises(RuntimeError, match="size mismatch"):
         checkpointer.recover_if_possible()
     assert len(list(tmp_path.glob("CKPT+*"))) == 2
+
+
+def flip_bit(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_weights_is_a_broken_checkpoint_not_a_model(tmp_path, caplog):
+    older, newer = two_checkpoints(tmp_path)
+    weights = newer.path / "model.ckpt"
+    flip_bit(weights, weights.stat().st_size - 200)  # inside the tensor data: still a loadable file
+    checkpointer, counter = fresh_checkpointer(tmp_path)
+    with caplog.at_level("WARNING"):
+        loaded = checkpointer.recover_if_possible()
+    assert loaded.path == older.path and counter.current == 1
+    assert "model.ckpt changed since the checkpoint was saved" in caplog.text
+    assert (tmp_path / (CORRUPT_PREFIX + newer.path.name)).is_dir()
+    with pytest.raises(BrokenCheckpoint, match="checksum mismatch"):
+        AtomicCheckpointer.verify(type(older)(tmp_path / (CORRUPT_PREFIX + newer.path.name), {}, {}))
+
+
+def test_a_fallback_applies_nothing_of_the_broken_checkpoint(tmp_path):
+    """The newest checkpoint is mid-epoch (a data loader position); its optimizer file is emptied. The older one is
+    end-of-epoch: resuming from it starts the epoch from its first batch, not from the broken one's position."""
+    from speechbrain.dataio.dataloader import SaveableDataLoader
+
+    def objects():
+        model = torch.nn.Linear(3, 3)
+        loader = SaveableDataLoader(list(range(20)), batch_size=2)
+        # In a Brain, the training loader is added before the optimizer (make_dataloader, then on_fit_start).
+        return model, loader, {"model": model, "loader": loader, "optimizer": torch.optim.Adam(model.parameters())}
+
+    model, loader, recoverables = objects()
+    checkpointer = AtomicCheckpointer(tmp_path, recoverables)
+    older = checkpointer.save_checkpoint(end_of_epoch=True)
+    time.sleep(0.01)
+    iterator = iter(loader)
+    for _ in range(7):
+        next(iterator)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    newer = checkpointer.save_checkpoint(end_of_epoch=False)
+    (newer.path / "optimizer.ckpt").write_bytes(b"")
+
+    resumed_model, resumed_loader, recoverables = objects()
+    assert AtomicCheckpointer(tmp_path, recoverables).recover_if_possible().path == older.path
+    assert resumed_loader._speechbrain_recovery_skip_to is None  # nothing of the broken checkpoint
+    assert len(list(resumed_loader)) == 10
+    assert torch.equal(resumed_model.weight, torch.load(older.path / "model.ckpt")["weight"])
+
+
+@register_checkpoint_hooks
+class FlakyState:
+    """A recoverable whose first ``failures`` loads fail with an I/O error (a network file system's hiccup)."""
+
+    def __init__(self, failures=1):
+        self.failures, self.value = failures, None
+
+    @mark_as_saver
+    def save(self, path):
+        torch.save({"value": 42}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(5, "Input/output error")
+        self.value = torch.load(path, weights_only=True)["value"]
+
+
+def test_a_transient_read_error_is_retried_not_taken_for_corruption(tmp_path, monkeypatch):
+    monkeypatch.setattr("speechbrain_ext.checkpoints.RETRY_DELAY_S", 0.0)
+    older, newer = two_checkpoints(tmp_path)
+    AtomicCheckpointer(tmp_path, {"flaky": FlakyState()}, allow_partial_load=True).save_checkpoint()
+    flaky = FlakyState(failures=1)
+    loaded = AtomicCheckpointer(tmp_path, {"flaky": flaky}).recover_if_possible()
+    assert flaky.value == 42 and loaded.path.exists()
+    assert not list(tmp_path.glob(CORRUPT_PREFIX + "*"))
+
+    # An error that persists is a broken checkpoint: the older one is used.
+    flaky = FlakyState(failures=100)
+    checkpointer = AtomicCheckpointer(tmp_path, {"flaky": flaky}, allow_partial_load=True)
+    assert checkpointer.recover_if_possible().path == newer.path
+    assert len(list(tmp_path.glob(CORRUPT_PREFIX + "*"))) == 1
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    model = torch.nn.Linear(3, 3)
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": model})
+    good = checkpointer.save_checkpoint()
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(NonFiniteState, match=r"model\.bias hold NaN or infinite values"):
+        checkpointer.save_checkpoint()
+    assert [c.path for c in checkpointer.list_checkpoints()] == [good.path]
+    assert not list(tmp_path.glob(STAGING_PREFIX + "*"))

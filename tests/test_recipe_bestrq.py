@@ -144,6 +144,88 @@ def saved_step(save_folder):
         return None
 
 
+def kill_after_checkpoint(args, save_folder, step):
+    """Runs ``args`` and kills its process group (SIGKILL) as soon as a checkpoint of ``step`` or later exists."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (saved_step(save_folder) or 0) >= step:
+                break
+            assert process.poll() is None, "training stopped before it could be killed"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def epoch_lines(train_log):
+    return re.findall(r"^epoch: .*$", train_log, re.M)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_2_logs_the_losses_of_one_never_killed(corpus, tmp_path):
+    """Epoch 2 has an order of its own; a run killed right after a checkpoint in epoch 2 resumes that order
+    and logs, step by step and epoch by epoch, what the uninterrupted run logs (into epoch 3)."""
+    args = command("fastformer", corpus, tmp_path / "out", "--number_of_epochs=3", "--ckpt_interval_minutes=0",
+                   "--ckpt_interval_steps=2", "--seed=11")
+    reference = tmp_path / "reference"
+    run(command("fastformer", corpus, reference, "--number_of_epochs=3", "--ckpt_interval_minutes=0",
+                "--ckpt_interval_steps=2", "--seed=11"))
+    uninterrupted = (reference / "train_log.txt").read_text()
+    steps_per_epoch = int(epoch_lines(uninterrupted)[0].split("optimizer step: ")[1].split(",")[0])
+    assert steps_per_epoch >= 4
+
+    out = tmp_path / "out"
+    kill_after_checkpoint(args + ["--optimizer_step_limit=1000"], out / "save", steps_per_epoch + 2)
+    step_at_kill = saved_step(out / "save")
+    assert steps_per_epoch < step_at_kill < 2 * steps_per_epoch, step_at_kill  # inside epoch 2
+    run(args)
+    train_log = (out / "train_log.txt").read_text()
+    resumed = re.search(r"resumed at optimizer step: (\d+)", train_log)
+    assert resumed and int(resumed.group(1)) == step_at_kill
+    after = train_log.split(resumed.group(0))[1]
+    assert logged_steps(after) == logged_steps(uninterrupted)[step_at_kill:]
+    assert epoch_lines(after) == epoch_lines(uninterrupted)[1:]  # epoch 2's averages and validation, epoch 3
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_kill_during_export_leaves_a_whole_encoder_and_no_pending_hyperparams(corpus, tmp_path):
+    out = tmp_path / "out"
+    args = command("hypermixing", corpus, out, "--number_of_epochs=1")
+    run(args)
+    card = (out / "encoder" / "README.md").read_text()
+    assert "| final masked accuracy (validation) | unknown |" not in card
+    # What a kill during export leaves: a half-written staging folder, the previous export set aside.
+    (out / "encoder").rename(out / ".replaced-encoder")
+    (out / ".incomplete-encoder").mkdir()
+    (out / ".incomplete-encoder" / "encoder.ckpt").write_bytes(b"half")
+    run(args)  # nothing left to train: it exports again
+    assert not (out / "hyperparams.pending.yaml").exists()
+    assert not (out / ".incomplete-encoder").exists() and not (out / ".replaced-encoder").exists()
+    assert (out / "encoder" / "README.md").read_text() == card or "unknown |" not in (
+        out / "encoder" / "README.md").read_text().split("final masked accuracy")[1].splitlines()[0]
+    assert SpeechEncoder.from_pretrained(out / "encoder").config["mixer"] == "hypermixing"
+    assert not (out / ".run.lock").exists()  # released at exit
+
+
+@pytest.mark.parametrize(("option", "name"), [
+    ("--warmup_steps=0", "warmup_steps"),
+    ("--grad_accumulation_factor=0", "grad_accumulation_factor"),
+    ("--lr=abc", "lr"),
+    ("--optimizer_step_limit=-5", "optimizer_step_limit"),
+])
+def test_a_bad_option_is_refused_before_anything_runs(option, name, tmp_path):
+    out = tmp_path / "out"
+    args = command("fastformer", tmp_path / "no-corpus", out, "--number_of_epochs=1", option)[2:]
+    with pytest.raises(ValueError, match=rf"^{name} must be a positive"):
+        load_recipe().main(args)
+    # Building the YAML's objects creates the save folder (SpeechBrain's Checkpointer); nothing else is written.
+    assert not out.exists() or [p.name for p in out.rglob("*")] == ["save"]
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_from_the_last_checkpoint_with_the_same_losses(corpus, tmp_path):
     out = tmp_path / "out"

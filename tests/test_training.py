@@ -194,3 +194,177 @@ def test_an_optimizer_step_limit_given_as_text_is_a_number():
     brain = MeanBrain(modules={"scale": torch.nn.Linear(1, 1)}, opt_class=lambda params: torch.optim.SGD(params),
                       run_opts={"device": "cpu", "optimizer_step_limit": "7"})
     assert brain.optimizer_step_limit == 7
+
+
+class OrderBrain(MeanBrain):
+    """Records the utterances of each training epoch."""
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage.name == "TRAIN":
+            self.epochs.append([])
+        super().on_stage_start(stage, epoch)
+
+    def compute_forward(self, batch, stage):
+        if stage.name == "TRAIN":
+            self.epochs[-1].append(tuple(batch.id))
+        return super().compute_forward(batch, stage)
+
+
+def many_utterances(folder, count=12):
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    rows = {f"u{i}": {"duration": 0.5 + 0.1 * i, "sig": torch.full((800 + 100 * i,), 0.01 * (i + 1))}
+            for i in range(count)}
+    data = DynamicItemDataset(rows)
+    data.set_output_keys(["id", "sig", "duration"])
+    return data
+
+
+def epoch_orders(data, epochs=3):
+    brain = OrderBrain(modules={"scale": torch.nn.Linear(1, 1)},
+                       opt_class=lambda params: torch.optim.SGD(params, lr=0.1), run_opts={"device": "cpu"})
+    brain.seen, brain.epochs = [], []
+    brain.fit(range(1, epochs + 1), data, train_loader_kwargs=dynamic_batching(data, 2.5, 2))
+    return brain.epochs
+
+
+def test_each_epoch_has_its_own_order_and_a_rerun_the_same(tmp_path):
+    data = many_utterances(tmp_path)
+    orders = epoch_orders(data)
+    assert all(sorted(u for batch in order for u in batch) == sorted(data.data) for order in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    # A fresh sampler, as a rerun or a resumed run builds it, gives epoch 2 the order of epoch 2.
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    assert epoch_orders(data) == orders
+    sampler = dynamic_batching(data, 2.5, 2)["batch_sampler"]
+    assert isinstance(sampler, DynamicBatchSampler)
+    sampler.set_epoch(2)
+    assert [tuple(data.data_ids[i] for i in batch) for batch in sampler] == orders[1]
+
+
+def test_a_resumed_data_loader_position_past_the_epoch_is_an_error(tmp_path):
+    data = many_utterances(tmp_path)
+    checkpointer = AtomicCheckpointer(tmp_path / "save", {})
+    brain = MeanBrain(modules={"scale": torch.nn.Linear(1, 1)}, checkpointer=checkpointer,
+                      opt_class=lambda params: torch.optim.SGD(params, lr=0.1), run_opts={"device": "cpu"})
+    brain.seen = []
+    loader = brain.make_dataloader(data, stage=__import__("speechbrain").Stage.TRAIN, batch_size=4)
+    loader._speechbrain_recovery_skip_to = 9999  # what a checkpoint of another data set or batching holds
+    with pytest.raises(ValueError, match="after batch 9999, but the epoch has 3 batches"):
+        brain.fit(range(1, 2), loader)
+    assert brain.seen == []
+
+
+class NanBrain(MeanBrain):
+    """The loss is NaN for the utterances listed in ``poisoned``."""
+
+    def compute_objectives(self, predictions, batch, stage):
+        loss = super().compute_objectives(predictions, batch, stage)
+        return loss * float("nan") if set(batch.id) & self.poisoned else loss
+
+
+def test_a_non_finite_loss_skips_its_batch_and_is_never_checkpointed(tmp_path, caplog):
+    data = many_utterances(tmp_path, count=8)
+    scale = torch.nn.Linear(1, 1)
+    checkpointer = AtomicCheckpointer(tmp_path / "save", {"scale": scale})
+    brain = NanBrain(modules={"scale": scale}, checkpointer=checkpointer,
+                     opt_class=lambda params: torch.optim.SGD(params, lr=0.1),
+                     run_opts={"device": "cpu", "ckpt_interval_steps": 1})
+    brain.seen, brain.poisoned = [], {"u3"}
+    with caplog.at_level(logging.WARNING):
+        brain.fit(range(1, 3), data, train_loader_kwargs={"batch_size": 2})
+    assert "the loss is not finite at optimizer step" in caplog.text and "utterances u2, u3" in caplog.text
+    assert brain.optimizer_step == 6  # 2 epochs of 4 batches, one skipped in each
+    assert all(torch.isfinite(p).all() for p in brain.modules.parameters())
+    for checkpoint in checkpointer.list_checkpoints():
+        assert torch.isfinite(torch.load(checkpoint.path / "scale.ckpt")["weight"]).all()
+
+    brain = NanBrain(modules={"scale": scale}, opt_class=lambda params: torch.optim.SGD(params, lr=0.1),
+                     run_opts={"device": "cpu"})
+    brain.seen, brain.poisoned = [], {f"u{i}" for i in range(8)}  # every batch: patience (3) runs out
+    with pytest.raises(ValueError, match=r"loss is not finite at optimizer step 1, batch 4 of epoch 3 .*patience"):
+        brain.fit(range(3, 4), data, train_loader_kwargs={"batch_size": 2})
+
+
+def test_random_state_is_plain_data_and_a_crafted_pickle_is_refused(tmp_path):
+    import pickle
+
+    checkpointer = AtomicCheckpointer(tmp_path, {"random_state": RandomState()})
+    saved = checkpointer.save_checkpoint()
+    restored = RandomState()
+    restored.load(saved.path / "random_state.ckpt", end_of_epoch=True)  # weights_only=True reads it
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    crafted = tmp_path / "random_state.ckpt"
+    with open(crafted, "wb") as handle:
+        pickle.dump({"torch": Payload()}, handle)
+    with pytest.raises(pickle.UnpicklingError):
+        RandomState().load(crafted, end_of_epoch=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("hparams", "run_opts", "message"), [
+    ({"warmup_steps": 0}, None, "warmup_steps must be a positive integer, got 0"),
+    ({"grad_accumulation_factor": 2}, {"grad_accumulation_factor": 0},
+     "grad_accumulation_factor must be a positive integer, got 0"),
+    ({"lr": "abc"}, None, "lr must be a positive number, got 'abc'"),
+    ({"optimizer_step_limit": 205000}, {"optimizer_step_limit": "-5"},
+     "optimizer_step_limit must be a positive integer, got '-5'"),
+])
+def test_bad_schedule_and_optimizer_options_are_refused_naming_them(hparams, run_opts, message):
+    import speechbrain as sb
+
+    with pytest.raises(ValueError, match=message):
+        check_training_options(hparams, run_opts)
+    if run_opts is not None:  # as SpeechBrain parses a command line
+        _, parsed, _ = sb.parse_arguments(["h.yaml", *(f"--{k}={v}" for k, v in run_opts.items())])
+        with pytest.raises(ValueError, match=message):
+            check_training_options(hparams, parsed)
+    check_training_options({"warmup_steps": 25000, "lr": 8e-4, "optimizer_step_limit": None},
+                           {"optimizer_step_limit": "7"})
+
+
+def test_a_second_run_in_the_same_folder_refuses_naming_the_first_a_stale_lock_is_taken_over(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    from speechbrain_ext.files import LOCK_FILE, lock_folder
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from speechbrain_ext.files import lock_folder; "
+         "lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(PID {holder.pid} "):
+            write_run_hyperparams(out, tmp_path / "missing.yaml", "")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / LOCK_FILE).is_file()  # killed: its lock stays, naming a process that no longer runs
+    with caplog.at_level(logging.WARNING):
+        assert lock_folder(out) == out.resolve() / LOCK_FILE
+    assert "no longer runs" in caplog.text
+    assert (out / LOCK_FILE).read_text().split()[0] == str(__import__("os").getpid())
+
+
+def test_atomic_folder_keeps_the_previous_folder_until_the_new_one_is_whole(tmp_path):
+    from speechbrain_ext.files import STAGING_PREFIX, atomic_folder
+
+    target = tmp_path / "encoder"
+    with atomic_folder(target) as staging:
+        (staging / "a").write_text("1")
+    with pytest.raises(KeyboardInterrupt), atomic_folder(target) as staging:
+        (staging / "a").write_text("2")
+        raise KeyboardInterrupt
+    assert (target / "a").read_text() == "1" and not (tmp_path / (STAGING_PREFIX + "encoder")).exists()
+    with atomic_folder(target) as staging:
+        (staging / "b").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]

@@ -11,7 +11,8 @@ The YAML builds the model (``speechbrain_ext.bestrq.model.BestRQ``: fbank, maski
 quantizer, CNN front-end, Conformer with the mixer, 8192-way head) and holds every setting. Each batch is
 masked and encoded, and the loss is the cross-entropy of the targets of the masked frames. At the end the
 encoder is written to ``<output_folder>/encoder/`` for the MP3S recipes and
-``speechbrain_ext.inference.MixerEncoder``.
+``speechbrain_ext.inference.MixerEncoder``: whole (a staging folder renamed once complete), with the final
+validation accuracy in its model card, also when a rerun only finishes an export that a kill interrupted.
 """
 
 import sys
@@ -25,11 +26,13 @@ from speechbrain.utils.logger import get_logger
 from speechbrain_ext.bestrq.model import codebook_health
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.data.librispeech import prepare_librispeech
+from speechbrain_ext.files import atomic_folder
 from speechbrain_ext.training import (
     ResilientBrain,
     check_training_options,
     dynamic_batching,
     optimizer_state_digest,
+    promote_run_hyperparams,
     write_run_hyperparams,
 )
 
@@ -61,6 +64,10 @@ class BestRQBrain(ResilientBrain):
 
     def on_fit_start(self):
         super().on_fit_start()  # restores the latest checkpoint, if any
+        # The last validation's accuracy (for the model card), also when this run validates nothing more.
+        validated = [c for c in self.checkpointer.list_checkpoints() if "masked_accuracy" in c.meta]
+        if validated:
+            self.valid_masked_accuracy = max(validated, key=lambda c: c.meta["unixtime"]).meta["masked_accuracy"]
         self.tensorboard = None
         if self.hparams.use_tensorboard:
             try:
@@ -122,7 +129,8 @@ class BestRQBrain(ResilientBrain):
         self.log_stats(meta, getattr(self, "train_stats", None), stats)
         if stage == sb.Stage.VALID:
             self.checkpointer.save_and_keep_only(
-                meta={"loss": stage_loss, "optimizer_step": self.optimizer_step},
+                meta={"loss": stage_loss, "optimizer_step": self.optimizer_step,
+                      "masked_accuracy": stats["masked_accuracy"]},
                 num_to_keep=self.hparams.checkpoints_to_keep,
             )
 
@@ -171,7 +179,7 @@ def main(argv):
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)  # builds the model: its sizes are checked here
-    check_training_options(hparams)
+    check_training_options(hparams, run_opts)  # before anything is written
     write_run_hyperparams(hparams["output_folder"], hparams_file, overrides)
 
     run_on_main(
@@ -209,8 +217,15 @@ def main(argv):
         "masked_accuracy": getattr(brain, "valid_masked_accuracy", None),
         "command": " ".join(["python", *sys.argv]),
     }
-    run_on_main(hparams["speech_encoder"].save_pretrained, args=[hparams["encoder_folder"]], kwargs={"card": card})
+    run_on_main(export, args=[hparams["speech_encoder"], hparams["encoder_folder"], card])
     logger.info("encoder written to %s", hparams["encoder_folder"])
+    run_on_main(promote_run_hyperparams, args=[hparams["output_folder"]])  # a rerun that only exported
+
+
+def export(speech_encoder, folder, card):
+    """Writes the encoder and its model card into ``folder``, which is the previous export until it is complete."""
+    with atomic_folder(folder) as staging:
+        speech_encoder.save_pretrained(staging, card=card)
 
 
 if __name__ == "__main__":
