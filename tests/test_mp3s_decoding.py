@@ -5,7 +5,7 @@ import torch
 from speechbrain.dataio.encoder import CTCTextEncoder
 from speechbrain.utils.metric_stats import ErrorRateStats
 
-from speechbrain_ext.mp3s.text import CharacterUnits, CTCDecoder, train_sentencepiece
+from speechbrain_ext.mp3s.text import CharacterUnits, CTCDecoder, TranscriptionStats, train_sentencepiece
 
 # MP3S test_beam_search (benchmarks/MP3S/LibriSpeech/LSTM/hparams/ssl.yaml), beam size apart.
 MP3S_BEAM = {"topk": 1, "beam_prune_logp": -12.0, "token_prune_min_logp": -1.2, "prune_history": True,
@@ -46,7 +46,7 @@ def test_beam_of_one_decodes_as_greedy(units):
         logits[..., 5:] = -30.0  # outputs past the labels are never chosen by a trained head
         log_probs = logits.log_softmax(dim=-1)
         lengths = torch.tensor([1.0, 0.8, 0.5])
-        assert beam1(log_probs, lengths) == greedy(log_probs, lengths)
+        assert beam1(log_probs, lengths, beam=True) == greedy(log_probs, lengths)
 
 
 def test_wider_beam_is_at_most_greedys_error_on_a_toy_set(units):
@@ -58,7 +58,7 @@ def test_wider_beam_is_at_most_greedys_error_on_a_toy_set(units):
     refs = ["A B", "CAT A"]
     lengths = torch.ones(2)
     greedy = CTCDecoder(units, 0)(log_probs, lengths)
-    beam = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 143})(log_probs, lengths)
+    beam = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 143})(log_probs, lengths, beam=True)
     assert greedy == [["B"], ["CAT", "A"]] and beam == [["A", "B"], ["CAT", "A"]]
     assert wer(beam, refs) < wer(greedy, refs)
 
@@ -90,8 +90,9 @@ def test_kenlm_language_model_changes_the_hypothesis_towards_its_vocabulary(unit
     # The acoustics slightly prefer "BAT"; the toy LM knows "CAT" and hardly "BAT".
     log_probs = frames({"B": 0.55, "C": 0.45}, {"A": 0.9}, {"T": 0.9}).unsqueeze(0)
     lengths = torch.ones(1)
-    without = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 10})(log_probs, lengths)
-    with_lm = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 10, "kenlm_model_path": str(lm)})(log_probs, lengths)
+    without = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 10})(log_probs, lengths, beam=True)
+    with_lm = CTCDecoder(units, 0, {**MP3S_BEAM, "beam_size": 10, "kenlm_model_path": str(lm)})(log_probs, lengths,
+                                                                                               beam=True)
     assert without == [["BAT"]] and with_lm == [["CAT"]]
 
 
@@ -120,5 +121,32 @@ def test_bpe_tokenizer_is_trained_once_and_reused(tmp_path):
     for t, token in enumerate(ids):
         log_probs[0, 2 * t, token] = 0.0
         log_probs[0, 2 * t + 1, 0] = 0.0  # piece 0 (<unk>) is the CTC blank, as in MP3S
+    padded = SentencePieceUnits(again, num_outputs=48)  # a head with more outputs than pieces
+    assert len(padded.vocabulary) == 48 and padded.vocabulary[40:] == [""] * 8
+    assert padded.words([*ids[:1], 45, *ids[1:]]) == ["bore", "da", "croeso"]  # an unused output reads as nothing
+    with pytest.raises(ValueError, match="40 pieces but the head 30 outputs"):
+        SentencePieceUnits(again, num_outputs=30)
     for beam in (None, {**MP3S_BEAM, "beam_size": 8}):
-        assert CTCDecoder(units, 0, beam)(log_probs.log_softmax(-1), torch.ones(1)) == [["bore", "da", "croeso"]]
+        decoded = CTCDecoder(units, 0, beam)(log_probs.log_softmax(-1), torch.ones(1), beam=True)
+        assert decoded == [["bore", "da", "croeso"]]
+
+
+def test_greedy_test_decoding_never_searches_and_another_choice_is_refused(units):
+    log_probs = frames({"A": 0.4, "_": 0.6}, {"A": 0.4, "_": 0.6}, {"_": 1.0}).unsqueeze(0)
+    beam = {**MP3S_BEAM, "beam_size": 143}
+    assert CTCDecoder(units, 0, beam)(log_probs, torch.ones(1), beam=True) == [["A"]]  # the alignments summed
+    assert CTCDecoder(units, 0, beam, test_decoding="greedy")(log_probs, torch.ones(1), beam=True) == [[]]
+    with pytest.raises(ValueError, match="test_decoding must be 'beam' or 'greedy', got 'beams'"):
+        CTCDecoder(units, 0, beam, test_decoding="beams")
+
+
+def test_transcripts_are_scored_and_written_beside_their_references(tmp_path):
+    import csv
+
+    stats = TranscriptionStats()
+    stats.append(["a", "b"], [["THE", "CAT"], []], ["THE BAT", "A DOG"])
+    # WER: 1 substitution and 2 deletions of 4 words; CER: 1 + 5 edits of the 12 characters (spaces included)
+    assert stats.summarize() == {"WER": 75.0, "CER": 50.0}
+    with open(stats.write(tmp_path / "hypotheses.csv"), newline="") as handle:
+        assert list(csv.DictReader(handle)) == [{"ID": "a", "reference": "THE BAT", "hypothesis": "THE CAT"},
+                                                {"ID": "b", "reference": "A DOG", "hypothesis": ""}]

@@ -6,9 +6,11 @@ blocks (ContextNet, ECAPA-TDNN, x-vector) are built with the arguments that file
 """
 
 import pytest
+import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
+from speechbrain_ext.mp3s.heads import FrameHead, PooledHead, takes_lengths, valid_mask
 from speechbrain_ext.mp3s.suite import RECIPES
 
 
@@ -66,7 +68,6 @@ def mp3s_head_params(task: str, head: str, E: int, C: int) -> int:
     if (task, head) == ("VoxCeleb1", "Xvectors"):
         # VoxCeleb1/Xvectors/hparams/ssl.yaml: Xvector(E, 5 TDNN blocks [512 x 4, 1500], kernels [5, 3, 3, 1, 1],
         # dilations [1, 2, 3, 1, 1], lin_neurons 512); Xvector Classifier([., ., 512], 1 block of 512, speakers)
-        import torch
         from speechbrain.lobes.models.Xvector import Classifier, Xvector
 
         xvector = Xvector(in_channels=E, activation=torch.nn.LeakyReLU, tdnn_blocks=5,
@@ -168,9 +169,7 @@ def test_recipe_trains_as_its_mp3s_configuration(recipe, encoders, tmp_path):
 
 def test_mp3s_xvector_loss_gives_no_gradient_to_log_probabilities_below_minus_one():
     """Why the Xvectors recipe offers nll_loss: MP3S's margin loss on log-probabilities clamps them."""
-    import torch
-
-    from speechbrain_ext.mp3s.brains import AngularMarginLoss
+    from speechbrain_ext.mp3s.heads import AngularMarginLoss
 
     log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()  # log(1/1211) = -7.1
     AngularMarginLoss(margin=0.2, scale=30)(log_probs, torch.tensor([0, 5])).backward()
@@ -178,3 +177,32 @@ def test_mp3s_xvector_loss_gives_no_gradient_to_log_probabilities_below_minus_on
     log_probs = torch.log_softmax(torch.zeros(2, 1211), dim=-1).requires_grad_()
     torch.nn.functional.nll_loss(log_probs, torch.tensor([0, 5])).backward()
     assert log_probs.grad.abs().max() > 0
+
+
+class _LengthsAsLocal(torch.nn.Module):
+    """A sequence network whose forward has a local variable named ``lengths`` but no such parameter."""
+
+    def forward(self, x):
+        lengths = x.shape[1]
+        return x * lengths
+
+
+class _LengthsParameter(torch.nn.Module):
+    """A sequence network that takes relative lengths: it zeroes the frames past them."""
+
+    def forward(self, x, lengths=None):
+        return x * valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+
+
+def test_a_sequence_network_gets_lengths_only_when_its_forward_declares_them():
+    from speechbrain.nnet.RNN import LSTM
+
+    assert takes_lengths(LSTM(hidden_size=4, input_shape=(None, None, 3)))
+    assert not takes_lengths(_LengthsAsLocal()) and takes_lengths(_LengthsParameter())
+    x, lengths = torch.ones(2, 10, 3), torch.tensor([1.0, 0.5])
+    local = FrameHead(_LengthsAsLocal(), 3, 2)  # called on the frames alone (lengths= would be a TypeError)
+    torch.testing.assert_close(local(x, lengths), local.output(x * 10))
+    pooled = PooledHead(_LengthsParameter(), 3, 2, pool_std=False, normalize=False)
+    torch.testing.assert_close(pooled.embed(x, lengths), torch.ones(2, 3))  # the padding it zeroed is not pooled
+    head = FrameHead(_LengthsParameter(), 3, 2)
+    assert torch.equal(head(x, lengths)[1, 5:], head.output(torch.zeros(5, 3)))

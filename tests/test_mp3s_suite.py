@@ -1,15 +1,20 @@
-"""The MP3S suite's bookkeeping (fast, without training): run identity, class counts, failures, tables, plots."""
+"""The MP3S recipes' bookkeeping (fast, without training): run identity, class counts, failures, tables, plots."""
 
 import csv
 import json
 import math
+import re
 
 import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_ext.data import toy
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.mp3s import suite
-from speechbrain_ext.mp3s.tasks import TASKS, check_run_identity, count_classes, encoder_digest
+from speechbrain_ext.mp3s.brain import check_run_identity, encoder_digest
+
+NAMES = {recipe.task: recipe.name for recipe in suite.RECIPES}
 
 
 def identity(digest="a" * 64, fold=1, task="IEMOCAP ER", head="linear"):
@@ -33,21 +38,25 @@ def test_encoder_digest_follows_the_weights(tmp_path):
 
 @pytest.mark.parametrize("task", ["VoxCeleb1", "SLURP"])
 def test_class_count_of_a_partial_corpus_comes_from_its_training_data(task, tmp_path, caplog):
+    """Loading a recipe's YAML prepares the data and sizes the head by the classes of the training manifest."""
     if task == "VoxCeleb1":
         data = toy.write_toy_voxceleb1(tmp_path / "data", num_speakers=3, test_speakers=2, videos_per_speaker=2,
                                        utterances_per_video=2)
-        hparams = {"mp3s_num_classes": 1211, "valid_ratio": 0.1}
     else:
         data = toy.write_toy_slurp(tmp_path / "data", recordings_per_scenario=2, scenarios=("alarm", "music", "iot"))
-        hparams = {"mp3s_num_classes": 18}
-    hparams.update(data_folder=str(data), output_folder=str(tmp_path / "out"), skip_prep=False)
-    with caplog.at_level("WARNING"):
-        assert count_classes(TASKS[task], hparams) == 3
+    recipe = next(r for r in suite.RECIPES if r.task == task and r.head != "Xvectors")
+    encoder = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "e")
+    overrides = {"ssl_folder": str(encoder), "data_folder": str(data), "output_folder": str(tmp_path / "out")}
+    with caplog.at_level("WARNING"), open(recipe.hparams, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    assert hparams["num_classes"] == 3
+    assert hparams["head"](torch.randn(2, 10, 16), torch.ones(2)).shape == (2, 3)
     assert f"the MP3S standard corpus {hparams['mp3s_num_classes']}" in caplog.text
+    assert (tmp_path / "out" / "train.csv").is_file()
 
 
 def fake_rows(task, head, encoder, value, fold=None):
-    return [{"task": TASKS[task].name, "head": head, "test_set": "test", "metric": TASKS[task].metrics[0],
+    return [{"task": NAMES[task], "head": head, "test_set": "test", "metric": "accuracy",
              "value": value, "epochs": 2, "encoder": str(encoder), "mixer": "mamba", "fold": fold}]
 
 
@@ -71,6 +80,7 @@ def test_suite_records_a_failing_recipe_and_still_writes_every_table(tmp_path, m
                            [], folds=(1, 3))
     failed = [row for row in rows if row["status"] == "failed"]
     assert len(failed) == 2 and {row["head"] for row in failed} == {"linear", "LSTM_linear"}
+    assert {row["task"] for row in failed} == {"SLURP IC"}  # the name in the recipe's YAML
     assert failed[0]["error"].endswith("FileNotFoundError: SLURP file(s) not found in /x")
     assert "harmless warning" not in failed[0]["error"]
     with open(tmp_path / "out" / "results.csv", newline="") as handle:
@@ -107,3 +117,38 @@ def test_folds_option():
     assert suite._folds("1-3,7") == (1, 2, 3, 7)
     with pytest.raises(Exception, match="1-10"):
         suite._folds("0,11")
+
+
+def test_set_overrides_one_key_of_one_task(tmp_path, monkeypatch):
+    calls = {}
+
+    def fake_run_suite(encoders, data, output, extra, quick=False, task_overrides=None, folds=()):
+        calls.update(data=data, extra=extra, task_overrides=task_overrides, folds=folds)
+        (output / "results_wide.md").parent.mkdir(parents=True, exist_ok=True)
+        (output / "results_wide.md").write_text("")
+        return []
+
+    monkeypatch.setattr(suite, "run_suite", fake_run_suite)
+    suite.main(["--encoder", str(tmp_path), "--iemocap", "/iemocap", "--slurp", "/slurp", "--epochs", "3",
+                "--set", "SLURP.lr=0.01", "--set", "SLURP.batch_size=8", "--folds", "1-2", "--output", str(tmp_path)])
+    assert calls["task_overrides"] == {"SLURP": ["--lr=0.01", "--batch_size=8"]}
+    assert calls["extra"] == ["--number_of_epochs=3"] and calls["folds"] == (1, 2)
+    assert calls["data"] == {"IEMOCAP": [("", "/iemocap")], "SLURP": [("", "/slurp")]}
+    with pytest.raises(SystemExit):
+        suite.main(["--encoder", str(tmp_path), "--slurp", "/slurp", "--set", "SLURP.lr"])
+
+
+def test_every_recipe_of_the_suite_is_a_task_folder_with_its_head_yaml():
+    for recipe in suite.RECIPES:
+        assert recipe.train_py.is_file() and recipe.hparams.is_file()
+        assert recipe.train_py.parent == recipe.hparams.parent.parent == suite.RECIPES_DIR / recipe.task
+        assert (recipe.train_py.parent / "README.md").is_file()
+        text = recipe.train_py.read_text()
+        assert re.search(r"^class \w+\(DownstreamBrain\):", text, flags=re.M) and "\ndef dataio_prepare(" in text
+        for method in ("compute_forward", "compute_objectives", "on_stage_end"):
+            assert f"    def {method}(self" in text, (recipe.task, method)
+    heads = {path.parent.parent.name: [] for path in suite.RECIPES_DIR.glob("*/hparams/*.yaml")}
+    for path in suite.RECIPES_DIR.glob("*/hparams/*.yaml"):
+        heads[path.parent.parent.name].append(path.stem)
+    assert sorted((task, head) for task, names in heads.items() for head in names) == sorted(
+        (recipe.task, recipe.head) for recipe in suite.RECIPES)

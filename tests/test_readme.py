@@ -1,4 +1,4 @@
-"""The README's snippets of "In another SpeechBrain project" run as written."""
+"""The README's snippets of "In another SpeechBrain project" run as written, and its layout is the tree."""
 
 import re
 from pathlib import Path
@@ -41,6 +41,9 @@ def test_encoder_snippet_runs():
     namespace = run_snippet(1)
     assert namespace["out"].shape == (2, 50, 256) and len(namespace["hidden"]) == 13
     assert type(namespace["asr"].encoder).__name__ == "MixerConformerEncoder"
+    paper = namespace["paper"]
+    assert (paper.d_model, len(paper.encoder.layers), paper.config["layerdrop_prob"]) == (474, 12, 0.05)
+    assert namespace["frames"].shape == (2, 26, 474)
 
 
 def test_replace_attention_snippet_runs():
@@ -64,3 +67,19 @@ def test_yaml_snippet_builds():
     hparams = load_hyperpyyaml(section_blocks("yaml")[0])
     layers = hparams["asr"].encoder.layers
     assert len(layers) == 2 and type(layers[0].mha_layer).__name__ == "SummaryMixing"
+
+
+def test_layout_section_names_what_is_in_the_tree():
+    """Every path the Layout section names exists, and every package module and recipe folder is named."""
+    root = README.parent
+    layout = README.read_text().split("## Layout", 1)[1]
+    block = re.findall(r"```\n(.*?)```", layout, flags=re.S)[0]
+    package = root / "speechbrain_ext"
+    for path in sorted(package.iterdir()):
+        if path.name.startswith("_") or path.suffix not in ("", ".py") or path.name == "recipes":
+            continue
+        assert path.stem in block, f"{path.name} is not in the README's layout"
+    for folder in ("docs", "benchmarks", "tests", "recipes/LibriSpeech/BEST-RQ", "recipes/MP3S", "examples"):
+        assert (root / folder).is_dir() and folder.split("/")[0] in block
+    for doc in re.findall(r"(\w+\.md)", block.split("docs/", 1)[1].splitlines()[0]):
+        assert (root / "docs" / doc).is_file(), doc

@@ -1,24 +1,44 @@
-"""Light downstream heads of the MP3S benchmark on top of weighted encoder layers.
+"""Light downstream heads of the MP3S benchmark on top of weighted encoder layers, and the speaker loss.
 
 Every head takes frames ``x`` (B, T, E) and relative lengths (B,) and returns scores:
 ``FrameHead`` per frame (B, T, C) for CTC; ``PooledHead`` and ``EmbeddingHead`` per utterance (B, C).
 The networks inside are SpeechBrain's (LSTM, ContextNet, ECAPA-TDNN, x-vector, Classifier).
+``AngularMarginLoss`` is the additive angular margin loss of the speaker heads.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+import torch.nn.functional as F
+from speechbrain.nnet.losses import AdditiveAngularMargin
 from torch import nn
 
 
-def _run(module: nn.Module | None, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Runs a SpeechBrain sequence module; recurrent ones take lengths and return (out, state)."""
+def takes_lengths(module: nn.Module) -> bool:
+    """Whether ``module.forward`` has a parameter named ``lengths`` (SpeechBrain's LSTM, GRU and RNN do).
+
+    Such a module is given the relative lengths (B,) of the frames as ``lengths=``, so that it does not
+    run over the padding; any other is called on the frames alone.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.RNN import LSTM
+    >>> takes_lengths(LSTM(hidden_size=4, input_shape=(None, None, 3))), takes_lengths(nn.Linear(3, 4))
+    (True, False)
+    """
+    return "lengths" in inspect.signature(module.forward).parameters
+
+
+def _run(module: nn.Module | None, pass_lengths: bool, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Runs a head's sequence network (None: the frames pass through), given ``lengths`` if it declares them.
+
+    Recurrent layers return ``(out, state)``: the output is the first element.
+    """
     if module is None:
         return x
-    if "lengths" in module.forward.__code__.co_varnames:
-        out = module(x, lengths=lengths)
-    else:
-        out = module(x)
+    out = module(x, lengths=lengths) if pass_lengths else module(x)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -42,10 +62,11 @@ class FrameHead(nn.Module):
     def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int) -> None:
         super().__init__()
         self.encoder = encoder
+        self.encoder_takes_lengths = encoder is not None and takes_lengths(encoder)
         self.output = nn.Linear(encoder_dim, num_outputs)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.output(_run(self.encoder, x, lengths))
+        return self.output(_run(self.encoder, self.encoder_takes_lengths, x, lengths))
 
 
 class PooledHead(nn.Module):
@@ -86,6 +107,7 @@ class PooledHead(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.encoder_takes_lengths = encoder is not None and takes_lengths(encoder)
         self.pool_std = pool_std
         pooled_dim = encoder_dim * (2 if pool_std else 1)
         self.norm = nn.BatchNorm1d(pooled_dim, affine=False) if normalize else nn.Identity()
@@ -93,7 +115,7 @@ class PooledHead(nn.Module):
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mean (and standard deviation) of the (encoded) valid frames: (B, E) or (B, 2E)."""
-        x = _run(self.encoder, x, lengths)
+        x = _run(self.encoder, self.encoder_takes_lengths, x, lengths)
         valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
         count = valid.sum(dim=1)
         mean = (x * valid).sum(dim=1) / count
@@ -132,6 +154,25 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x, lengths).unsqueeze(1)).squeeze(1)
+
+
+class AngularMarginLoss(nn.Module):
+    """Additive angular margin softmax (ArcFace) on cosine scores (B, C) and labels (B,), as MP3S's speaker heads.
+
+    Example
+    -------
+    >>> loss = AngularMarginLoss(margin=0.2, scale=30.0)
+    >>> loss(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, margin: float = 0.2, scale: float = 30.0) -> None:
+        super().__init__()
+        self.margin = AdditiveAngularMargin(margin=margin, scale=scale)
+
+    def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.margin(scores, F.one_hot(labels, scores.shape[-1]).to(scores.dtype))
+        return F.cross_entropy(logits, labels)
 
 
 def unit_strides(num_blocks: int) -> list[int]:

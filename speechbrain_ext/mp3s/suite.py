@@ -4,8 +4,9 @@
         --librispeech /data/LibriSpeech --commonvoice cy=/data/cv/cy --commonvoice eu=/data/cv/eu \\
         --voxceleb1 /data/VoxCeleb1 --iemocap /data/IEMOCAP --slurp /data/SLURP --output mp3s_results
 
-Every recipe under recipes/MP3S runs as a user runs it (one process per task, head, encoder and,
-for IEMOCAP, leave-one-speaker-out fold: all 10 by default, ``--folds`` for fewer); tasks whose
+Every recipe under recipes/MP3S (``<Task>/train.py`` with each of its ``<Task>/hparams/<head>.yaml``) runs as
+a user runs it (one process per task, head, encoder and, for IEMOCAP, leave-one-speaker-out fold: all 10 by
+default, ``--folds`` for fewer); tasks whose
 data folder is not given are left out. Each run has its own folder, named by the encoder's digest,
 so a rerun never reuses a head trained on another encoder. A recipe that fails is recorded as a
 row (status "failed" and the end of its traceback) and the suite goes on; the tables are always
@@ -26,13 +27,14 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechbrain_ext.mp3s.tasks import LAYER_WEIGHTS_FILE, RESULTS_FILE, TASKS, encoder_digest
+from speechbrain_ext.mp3s.brain import LAYER_WEIGHTS_FILE, RESULTS_FILE, encoder_digest
 from speechbrain_ext.paths import pyplot, recipes_dir
 
 RECIPES_DIR = recipes_dir("MP3S")
@@ -42,17 +44,25 @@ IEMOCAP_FOLDS = tuple(range(1, 11))
 
 @dataclass(frozen=True)
 class Recipe:
+    """One head of one task: ``recipes/MP3S/<task>/train.py`` with ``hparams/<head>.yaml``."""
+
     task: str  # folder under recipes/MP3S and the data option
     head: str
     quick: tuple[str, ...] = ()  # smaller head for smoke runs (--quick)
 
     @property
     def train_py(self) -> Path:
-        return RECIPES_DIR / self.task / self.head / "train.py"
+        return RECIPES_DIR / self.task / "train.py"
 
     @property
     def hparams(self) -> Path:
-        return RECIPES_DIR / self.task / self.head / "hparams" / f"{self.head}.yaml"
+        return RECIPES_DIR / self.task / "hparams" / f"{self.head}.yaml"
+
+    @property
+    def name(self) -> str:
+        """The task's name in the results (the YAML's ``task``, e.g. "IEMOCAP ER")."""
+        found = re.search(r"^task: *([^#\n]*?) *(#.*)?$", self.hparams.read_text(encoding="utf-8"), flags=re.M)
+        return found.group(1) if found else self.task
 
 
 SMALL_ECAPA = ("--ecapa_channels=[32, 32, 32, 32, 96]", "--embedding_dim=32")
@@ -236,7 +246,7 @@ def plot_comparison(rows: list[dict], path: Path) -> Path | None:
 
 
 def _failure_row(recipe: Recipe, tag: str, encoder: Path, fold, error: str) -> dict:
-    task = TASKS[recipe.task].name
+    task = recipe.name
     return {"task": f"{task} ({tag})" if tag else task, "head": recipe.head, "test_set": "", "metric": "",
             "value": float("nan"), "epochs": "", "encoder": str(encoder), "mixer": "", "fold": fold,
             "status": "failed", "error": error}

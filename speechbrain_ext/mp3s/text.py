@@ -1,17 +1,22 @@
-"""Output units of the MP3S ASR heads (characters or SentencePiece BPE) and their test decoding.
+"""Output units of the MP3S ASR heads (characters or SentencePiece BPE), their decoding and error rates.
 
 MP3S trains LibriSpeech on characters and Common Voice on a 100-unit SentencePiece BPE, decodes
 greedily at validation and with SpeechBrain's ``CTCBeamSearcher`` at test (optionally with a KenLM
-n-gram); greedy test decoding is kept as the faster option.
+n-gram); greedy test decoding is kept as the faster option. :class:`TranscriptionStats` scores the
+decoded words (WER, CER) and writes them beside their references.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
 from speechbrain.decoders import ctc_greedy_decode
 from speechbrain.utils.logger import get_logger
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from speechbrain_ext.files import atomic_writer
 
 logger = get_logger(__name__)
 
@@ -44,16 +49,24 @@ class CharacterUnits:
 
 
 class SentencePieceUnits:
-    """Pieces of a trained SpeechBrain ``SentencePiece`` tokenizer (its ``sp`` processor)."""
+    """Pieces of a trained SpeechBrain ``SentencePiece`` tokenizer (its ``sp`` processor).
+
+    With ``num_outputs`` (the head's outputs, at least the pieces), the outputs past the pieces read
+    as nothing, as for :class:`CharacterUnits`.
+    """
 
     kind = "bpe"
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, num_outputs: int | None = None) -> None:
         self.sp = tokenizer.sp
-        self.vocabulary = [self.sp.id_to_piece(i) for i in range(self.sp.vocab_size())]
+        pieces = self.sp.vocab_size()
+        if num_outputs is not None and num_outputs < pieces:
+            raise ValueError(f"the tokenizer has {pieces} pieces but the head {num_outputs} outputs")
+        self.vocabulary = [self.sp.id_to_piece(i) if i < pieces else "" for i in range(num_outputs or pieces)]
 
     def words(self, ids) -> list[str]:
-        return self.sp.decode_ids([int(i) for i in ids]).split()
+        pieces = self.sp.vocab_size()
+        return self.sp.decode_ids([int(i) for i in ids if int(i) < pieces]).split()
 
 
 def train_sentencepiece(save_folder: str | Path, train_csv: str | Path, vocab_size: int, model_type: str = "bpe",
@@ -86,7 +99,10 @@ class CTCDecoder:
         The CTC blank.
     beam_search : dict or None
         Options of SpeechBrain's ``CTCBeamSearcher`` (beam_size, beam_prune_logp, alpha, beta,
-        kenlm_model_path, ...); None decodes greedily.
+        kenlm_model_path, ...) for the calls with ``beam=True``; None decodes every call greedily.
+    test_decoding : str
+        "beam" (MP3S: the calls with ``beam=True`` search) or "greedy" (every call greedy, faster),
+        as a recipe's YAML says.
 
     Example
     -------
@@ -96,22 +112,66 @@ class CTCDecoder:
     >>> encoder.update_from_iterable(list("AB "))  # A: 1, B: 2, space: 3
     >>> units = CharacterUnits(encoder, 4)
     >>> log_probs = torch.eye(4)[[1, 0, 3, 2]].unsqueeze(0).log_softmax(-1)
-    >>> CTCDecoder(units, 0)(log_probs, torch.ones(1)), CTCDecoder(units, 0, {"beam_size": 1})(log_probs, torch.ones(1))
+    >>> decoder = CTCDecoder(units, 0, {"beam_size": 1})
+    >>> decoder(log_probs, torch.ones(1)), decoder(log_probs, torch.ones(1), beam=True)
     ([['A', 'B']], [['A', 'B']])
     """
 
-    def __init__(self, units, blank_index: int, beam_search: dict | None = None) -> None:
+    def __init__(self, units, blank_index: int, beam_search: dict | None = None, test_decoding: str = "beam") -> None:
+        if test_decoding not in ("beam", "greedy"):
+            raise ValueError(f"test_decoding must be 'beam' or 'greedy', got {test_decoding!r}")
         self.units = units
         self.blank_index = blank_index
         self.searcher = None
-        if beam_search is not None:
+        if beam_search is not None and test_decoding == "beam":
             from speechbrain.decoders.ctc import CTCBeamSearcher
 
             options = {"blank_index": blank_index, "space_token": " ", **beam_search}
             self.searcher = CTCBeamSearcher(**options, vocab_list=units.vocabulary)
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[str]]:
-        if self.searcher is None:
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor, beam: bool = False) -> list[list[str]]:
+        """The words of each utterance: by beam search when ``beam`` (and a searcher is set), else greedily."""
+        log_probs, lengths = log_probs.detach().cpu(), lengths.detach().cpu()
+        if self.searcher is None or not beam:
             hyps = ctc_greedy_decode(log_probs, lengths, blank_id=self.blank_index)
             return [self.units.words(hyp) for hyp in hyps]
         return [hyps[0].text.split() for hyps in self.searcher(log_probs, lengths)]
+
+
+class TranscriptionStats:
+    """Word and character error rates of decoded words against reference transcripts.
+
+    Both are SpeechBrain's ``ErrorRateStats`` (the CER over the characters of the words, spaces
+    included); :meth:`write` saves every hypothesis beside its reference.
+
+    Example
+    -------
+    >>> stats = TranscriptionStats()
+    >>> stats.append(["u1", "u2"], [["THE", "CAT"], ["A", "DOG"]], ["THE CAT", "A FROG"])
+    >>> {name: round(value, 2) for name, value in stats.summarize().items()}
+    {'WER': 25.0, 'CER': 15.38}
+    """
+
+    def __init__(self) -> None:
+        self.wer = ErrorRateStats()
+        self.cer = ErrorRateStats(split_tokens=True)
+        self.rows: list[tuple[str, str, str]] = []
+
+    def append(self, ids: list[str], words: list[list[str]], references: list[str]) -> None:
+        """Adds decoded ``words`` (one list per utterance) and the ``references`` (text) of utterances ``ids``."""
+        targets = [text.split() for text in references]
+        self.wer.append(ids, words, targets)
+        self.cer.append(ids, words, targets)
+        self.rows.extend((utt, " ".join(target), " ".join(hyp)) for utt, target, hyp in zip(ids, targets, words))
+
+    def summarize(self) -> dict[str, float]:
+        """{"WER": ..., "CER": ...} in percent."""
+        return {"WER": self.wer.summarize("error_rate"), "CER": self.cer.summarize("error_rate")}
+
+    def write(self, path: str | Path) -> Path:
+        """Writes ``ID,reference,hypothesis`` (one row per utterance, words separated by spaces) to ``path``."""
+        with atomic_writer(Path(path)) as out:
+            writer = csv.writer(out)
+            writer.writerow(["ID", "reference", "hypothesis"])
+            writer.writerows(self.rows)
+        return Path(path)

@@ -1,6 +1,6 @@
 """The MP3S suite on the toy corpora, for encoders pretrained by the demo: the pipeline, end to end.
 
-    python benchmarks/mp3s_toy.py --work mp3s_toy --mixers summarymixing fastformer --folds 1-3 \
+    python -m speechbrain_ext.bench.mp3s_toy --work mp3s_toy --mixers summarymixing fastformer --folds 1-3 \
         --results benchmarks/results/mp3s_toy
 
 Writes every toy corpus in its real layout (``speechbrain_ext.data.toy``), pretrains one demo
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.copy(args.work / "results" / name, args.results / name)
         if (args.work / "results" / "layer_weights").is_dir():
             shutil.copytree(args.work / "results" / "layer_weights", args.results / "layer_weights", dirs_exist_ok=True)
-        command = " ".join(["python", "benchmarks/mp3s_toy.py", *(argv or sys.argv[1:])])
+        command = " ".join(["python", "-m", "speechbrain_ext.bench.mp3s_toy", *(argv or sys.argv[1:])])
         (args.results / "command.txt").write_text(f"{command}\n\nsuite: {' '.join(suite[1:])}\n")
     sys.exit(status)
 
