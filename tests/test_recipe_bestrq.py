@@ -231,20 +231,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint_with_the_same_los
     out = tmp_path / "out"
     args = command("fastformer", corpus, out, "--number_of_epochs=50", "--ckpt_interval_minutes=0",
                    "--ckpt_interval_steps=3")
-    process = subprocess.Popen(args + ["--optimizer_step_limit=1000"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if (saved_step(out / "save") or 0) >= 6:
-                break
-            assert process.poll() is None, "training stopped before it could be killed"
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    kill_after_checkpoint(args + ["--optimizer_step_limit=1000"], out / "save", step=6)
     ckpt = latest_checkpoint(out / "save")
     step_at_kill = saved_step(out / "save")  # the checkpoint a resumed run picks is whole (AtomicCheckpointer)
     saved_digest = optimizer_state_digest(torch.load(ckpt / "optimizer.ckpt"))
