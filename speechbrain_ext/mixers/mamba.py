@@ -135,7 +135,8 @@ class MambaBlock(nn.Module):
         inner, gate = inner.transpose(1, 2), gate.transpose(1, 2)  # (B, D, T), as the scans take them
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         scan = selective_scan
-        if self.use_cuda_kernels and x.is_cuda:
+        # mamba_ssm's kernels do not export: torch.export traces the PyTorch scan.
+        if self.use_cuda_kernels and x.is_cuda and not torch.compiler.is_exporting():
             scan = cuda_selective_scan() or selective_scan
         y = scan(
             inner,

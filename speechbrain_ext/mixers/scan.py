@@ -318,25 +318,46 @@ def selective_scan(
     with torch.autocast(device_type=u.device.type, enabled=False):
         dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
         A = A.to(dtype).t().contiguous()
-        if _use_fused(fused, u, delta, A, delta_bias, delta_softplus):
+        if torch.compiler.is_exporting():
+            # torch.export (and ONNX through it): the chunked scans loop in Python over a length that is
+            # dynamic there, so the recurrence becomes one traced step repeated by torch's scan operator.
+            scan, layout, inverse = _traced_scan, (2, 0, 1), (1, 2, 0)
+        elif _use_fused(fused, u, delta, A, delta_bias, delta_softplus):
             # Batch first, (B, L, D): MambaBlock's (B, T, D) activations seen as (B, D, L) are then
             # used as they are, without a transposed copy in or out.
-            scan, layout, inverse = _FusedSelectiveScan, (0, 2, 1), (0, 2, 1)
+            scan, layout, inverse = _FusedSelectiveScan.apply, (0, 2, 1), (0, 2, 1)
         else:
             # Time first, (L, B, D): each step of the PyTorch scan is then one contiguous block.
-            scan, layout, inverse = _ChunkedSelectiveScan, (2, 0, 1), (1, 2, 0)
+            scan, layout, inverse = _ChunkedSelectiveScan.apply, (2, 0, 1), (1, 2, 0)
         # All the elementwise work stays in the scan's layout, so autograd never mixes transposed operands.
         u, delta, B, C = (t.to(dtype).permute(*layout).contiguous() for t in (u, delta, B, C))
         if delta_bias is not None:
             delta = delta + delta_bias.to(dtype)
         if delta_softplus:
             delta = F.softplus(delta)
-        y = scan.apply(u, delta, A, B, C, chunk_size)
+        y = scan(u, delta, A, B, C, chunk_size)
         if D is not None:
             y = torch.addcmul(y, u, D.to(dtype))
         if z is not None:
             y = y * F.silu(z.to(dtype).permute(*layout).contiguous())
     return y.permute(*inverse).to(out_dtype)
+
+
+def _traced_scan(u, delta, A, B, C, chunk_size):
+    """The recurrence of :class:`_ChunkedSelectiveScan` (same layouts) as ``torch.ops.higher_order.scan``
+    over time: one step per frame, exported as a loop (ONNX's ``Scan``) for any length; inference only.
+
+    ``chunk_size`` is unused: the step holds one (B, N, D) state.
+    """
+    from torch._higher_order_ops.scan import scan  # torch's scan operator (not public in torch 2.11)
+
+    def step(state, frame):
+        delta_t, drive_t, B_t, C_t = frame  # (B, D), (B, D), (B, N), (B, N)
+        state = torch.exp(delta_t.unsqueeze(1) * A) * state + B_t.unsqueeze(2) * drive_t.unsqueeze(1)
+        return state, torch.bmm(C_t.unsqueeze(1), state).squeeze(1)
+
+    start = u.new_zeros(u.shape[1], A.shape[0], u.shape[2])
+    return scan(step, start, (delta, delta * u, B, C))[1]
 
 
 def _use_fused(fused: Optional[bool], u, delta, A, delta_bias, delta_softplus: bool) -> bool:
