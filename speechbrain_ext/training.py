@@ -348,7 +348,7 @@ def optimizer_state_digest(state_dict: dict) -> float:
     )
 
 
-POSITIVE_NUMBERS = ("seconds_per_batch", "avoid_if_longer_than", "lr")
+POSITIVE_NUMBERS = ("seconds_per_batch", "avoid_if_longer_than", "lr", "lr_weights")
 POSITIVE_INTEGERS = ("num_buckets", "grad_accumulation_factor", "number_of_epochs", "valid_batch_size",
                      "log_interval", "warmup_steps", "optimizer_step_limit")
 
@@ -356,7 +356,8 @@ POSITIVE_INTEGERS = ("num_buckets", "grad_accumulation_factor", "number_of_epoch
 def check_training_options(hparams: dict, run_opts: RunOptions | dict | None = None) -> None:
     """One clear ValueError for the first bad batching, schedule or optimizer setting, before any data work.
 
-    Checks those of ``seconds_per_batch``, ``avoid_if_longer_than``, ``lr`` (positive numbers), ``num_buckets``,
+    Checks those of ``seconds_per_batch``, ``avoid_if_longer_than``, ``lr``, ``lr_weights`` (positive numbers),
+    ``num_buckets``,
     ``grad_accumulation_factor``, ``number_of_epochs``, ``valid_batch_size``, ``log_interval``, ``warmup_steps``,
     ``optimizer_step_limit`` (positive integers; the limit may be None) and ``avoid_if_shorter_than`` (at least
     0, below ``avoid_if_longer_than``) that ``hparams`` holds. ``run_opts`` (SpeechBrain's run options, or a

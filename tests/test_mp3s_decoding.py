@@ -131,6 +131,29 @@ def test_bpe_tokenizer_is_trained_once_and_reused(tmp_path):
         assert decoded == [["bore", "da", "croeso"]]
 
 
+def test_a_bpe_tokenizer_trained_on_other_transcripts_or_left_empty_is_refused(tmp_path):
+    import csv
+
+    def write(path, words):
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["ID", "duration", "wav", "spk_id", "wrd"])
+            for i in range(60):
+                writer.writerow([f"u{i}", "1.0", "x.wav", "s", " ".join(words[(i + k) % len(words)] for k in range(5))])
+
+    welsh, basque = tmp_path / "cy.csv", tmp_path / "eu.csv"
+    write(welsh, ["yr", "wyf", "mae", "hi", "yn", "dda", "iawn", "diolch", "bore", "nos", "da", "croeso"])
+    write(basque, ["kaixo", "eskerrik", "asko", "egun", "on", "gabon", "bai", "ez", "etxe", "mendi", "ur", "su"])
+    train_sentencepiece(tmp_path / "save", welsh, vocab_size=40)
+    with pytest.raises(ValueError, match=r"trained on other transcripts or options .*'transcripts_digest': '[0-9a-f]+'"
+                                         r".*eu.csv"):
+        train_sentencepiece(tmp_path / "save", basque, vocab_size=40)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "40_bpe.model").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"40_bpe.model is empty"):
+        train_sentencepiece(tmp_path / "empty", welsh, vocab_size=40)
+
+
 def test_greedy_test_decoding_never_searches_and_another_choice_is_refused(units):
     log_probs = frames({"A": 0.4, "_": 0.6}, {"A": 0.4, "_": 0.6}, {"_": 1.0}).unsqueeze(0)
     beam = {**MP3S_BEAM, "beam_size": 143}

@@ -106,10 +106,10 @@ def encoders(tmp_path_factory):
     return folders
 
 
-def load_recipe(recipe, folder, tmp_path, extra: dict | None = None) -> dict:
+def load_recipe(recipe, folder, tmp_path, extra: dict | None = None, profile: str = "paper") -> dict:
     overrides = {"ssl_folder": str(folder), "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
                  **({"num_classes": CLASSES[recipe.task]} if recipe.task in CLASSES else {}), **(extra or {})}
-    with open(recipe.hparams, encoding="utf-8") as fin:
+    with open(recipe.hparams(profile), encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides)
 
 
@@ -139,13 +139,13 @@ MP3S_TRAINING = {
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
-def test_recipe_trains_as_its_mp3s_configuration(recipe, encoders, tmp_path):
+def test_mp3s_profile_trains_as_upstream_mp3s(recipe, encoders, tmp_path):
     from speechbrain.nnet.schedulers import LinearScheduler
 
     small = {"hidden_size": 8, "contextnet_channels": 8, "contextnet_blocks": 2,
              "ecapa_channels": [8, 8, 8, 8, 24], "embedding_dim": 8, "dnn_neurons": 8}
-    text = recipe.hparams.read_text()
-    hp = load_recipe(recipe, encoders[48], tmp_path, {k: v for k, v in small.items() if f"\n{k}:" in text})
+    text = recipe.hparams("mp3s").read_text()
+    hp = load_recipe(recipe, encoders[48], tmp_path, {k: v for k, v in small.items() if f"\n{k}:" in text}, "mp3s")
     epochs, batch, lr, factor, anneal_on, shuffle = MP3S_TRAINING[recipe.task, recipe.head]
     assert hp["number_of_epochs"] == epochs and hp["batch_size"] == batch and hp["lr"] == lr
     assert hp["lr_weights"] == 0.01 and hp["anneal_on"] == anneal_on
@@ -165,6 +165,89 @@ def test_recipe_trains_as_its_mp3s_configuration(recipe, encoders, tmp_path):
                                           "beta": 1.2, "kenlm_model_path": None}
         assert hp["max_duration"] == (10.0 if recipe.task == "CommonVoice" else None)
         assert hp.get("token_type", "char") == ("bpe" if recipe.task == "CommonVoice" else "char")
+
+
+PAPER_LM_BEAM = {"beam_size": 100, "topk": 1, "beam_prune_logp": -10.0, "token_prune_min_logp": -5.0,
+                 "prune_history": False, "alpha": 0.5, "beta": 1.0, "kenlm_model_path": None}
+# What the paper's runs changed from upstream MP3S, per task and head: whettenr/benchmarks
+# benchmarks/MP3S/<Task>/<head>/hparams/ssl_brq.yaml (ssl_brq_summix.yaml: the same head settings) against
+# ssl.yaml, and their train.py (LibriSpeech: greedy test, then pyctcdecode with the 4-gram; VoxCeleb1: the last
+# epoch's weights, utterances cut at 713,601 samples). Every other setting of the two profiles is equal.
+PAPER_CHANGES = {
+    ("LibriSpeech", "LSTM"): {"batch_size": 8, "test_batch_size": 4, "test_decoding": "greedy",
+                              "test_beam_search": None, "lm_beam_search": PAPER_LM_BEAM},
+    ("LibriSpeech", "contextnet"): {"batch_size": 8, "test_batch_size": 4, "number_of_epochs": 20,
+                                    "test_decoding": "greedy", "test_beam_search": None,
+                                    "lm_beam_search": PAPER_LM_BEAM},
+    ("CommonVoice", "LSTM"): {},
+    ("CommonVoice", "linear"): {},
+    ("VoxCeleb1", "ecapa_tdnn"): {"batch_size": 16, "test_batch_size": 4, "verification_weights": "last",
+                                  "max_verification_samples": 713601},
+    ("VoxCeleb1", "Xvectors"): {"batch_size": 16, "test_batch_size": 4, "verification_weights": "last",
+                                "max_verification_samples": 713601, "compute_cost": "nll_loss"},
+    ("IEMOCAP", "linear"): {},
+    ("IEMOCAP", "ecapa_tdnn"): {"test_batch_size": 2},
+    ("SLURP", "linear"): {"test_batch_size": 2},
+    ("SLURP", "LSTM_linear"): {"test_batch_size": 2},
+}
+
+
+def plain_settings(hparams: dict) -> dict:
+    """The settings of a loaded YAML that are values (numbers, text, lists, dicts of them) or functions."""
+    def plain(value):
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            items = [plain(v) for v in value]
+            return items if all(i is not NOT_PLAIN for i in items) else NOT_PLAIN
+        if isinstance(value, dict):
+            items = {k: plain(v) for k, v in value.items()}
+            return items if all(i is not NOT_PLAIN for i in items.values()) else NOT_PLAIN
+        if callable(value) and hasattr(value, "func"):  # !name: a functools.partial
+            return value.func.__name__
+        if callable(value) and hasattr(value, "__name__"):
+            return value.__name__
+        return NOT_PLAIN
+    settings = {key: plain(value) for key, value in hparams.items() if not key.startswith("_")}
+    return {key: value for key, value in settings.items() if value is not NOT_PLAIN}
+
+
+NOT_PLAIN = object()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.task}-{r.head}")
+def test_paper_profile_changes_from_mp3s_exactly_what_the_papers_runs_changed(recipe, encoders, tmp_path):
+    small = {"hidden_size": 8, "contextnet_channels": 8, "contextnet_blocks": 2,
+             "ecapa_channels": [8, 8, 8, 8, 24], "embedding_dim": 8, "dnn_neurons": 8}
+    text = recipe.hparams("mp3s").read_text()
+    extra = {k: v for k, v in small.items() if f"\n{k}:" in text}
+    paper = load_recipe(recipe, encoders[48], tmp_path, extra, "paper")
+    mp3s = load_recipe(recipe, encoders[48], tmp_path, extra, "mp3s")
+    assert (paper["profile"], mp3s["profile"]) == ("paper", "mp3s")
+    paper_settings, mp3s_settings = plain_settings(paper), plain_settings(mp3s)
+    changed = {key: paper_settings.get(key) for key in paper_settings.keys() | mp3s_settings.keys()
+               if paper_settings.get(key) != mp3s_settings.get(key) and key != "profile"
+               and not key.endswith("_dataloader_opts")}  # the loaders' batch sizes are the batch_size keys
+    assert changed == PAPER_CHANGES[recipe.task, recipe.head]
+    # The encoder keeps its dropout while the head trains in the paper's runs only.
+    assert paper["ssl"].encoder.active_dropout and not mp3s["ssl"].encoder.active_dropout
+    assert paper["ssl"].encoder.encoder.encoder.layerdrop_prob == 0.0
+
+
+def test_paper_profile_keeps_the_encoders_dropout_while_the_head_trains_and_not_at_test(encoders, tmp_path):
+    recipe = next(r for r in RECIPES if (r.task, r.head) == ("IEMOCAP", "linear"))
+    wavs, lengths = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
+    for profile, differs_in_training in (("paper", True), ("mp3s", False)):
+        ssl = load_recipe(recipe, encoders[48], tmp_path / profile, profile=profile)["ssl"]
+        modules = torch.nn.ModuleDict({"ssl": ssl})  # as Brain.modules: train() at training, eval() after
+        modules.train()
+        with torch.no_grad():
+            first, second = ssl(wavs, lengths)[0], ssl(wavs, lengths)[0]
+        assert (not torch.allclose(first, second)) == differs_in_training, profile
+        assert not any(p.requires_grad for p in ssl.encoder.parameters())
+        modules.eval()
+        with torch.no_grad():
+            assert torch.equal(ssl(wavs, lengths)[0], ssl(wavs, lengths)[0])
 
 
 def test_mp3s_xvector_loss_gives_no_gradient_to_log_probabilities_below_minus_one():
@@ -206,3 +289,20 @@ def test_a_sequence_network_gets_lengths_only_when_its_forward_declares_them():
     torch.testing.assert_close(pooled.embed(x, lengths), torch.ones(2, 3))  # the padding it zeroed is not pooled
     head = FrameHead(_LengthsParameter(), 3, 2)
     assert torch.equal(head(x, lengths)[1, 5:], head.output(torch.zeros(5, 3)))
+
+
+def test_a_bilstm_head_reads_each_utterance_alone_unless_told_to_read_the_padded_batch_as_mp3s():
+    from speechbrain.nnet.RNN import LSTM
+
+    torch.manual_seed(0)
+    lstm = LSTM(hidden_size=4, input_shape=(None, None, 3), bidirectional=True)
+    packed, padded = FrameHead(lstm, 8, 2), FrameHead(lstm, 8, 2, use_lengths=False)
+    padded.output = packed.output
+    utterance = torch.randn(1, 6, 3)
+    batch = torch.cat([utterance, torch.zeros(1, 4, 3)], dim=1)  # the same utterance with 4 padded frames
+    lengths = torch.tensor([0.6])
+    with torch.no_grad():
+        alone = packed(utterance, torch.ones(1))
+        torch.testing.assert_close(packed(batch, lengths)[:, :6], alone)
+        # The backward direction starts in the padding: the valid frames change.
+        assert not torch.allclose(padded(batch, lengths)[:, :6], alone, atol=1e-4)

@@ -12,22 +12,36 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain_ext.data import toy
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
 from speechbrain_ext.mp3s import suite
-from speechbrain_ext.mp3s.brain import check_run_identity, encoder_digest
+from speechbrain_ext.mp3s.brain import check_run_identity, encoder_digest, manifests_digest
 
 NAMES = {recipe.task: recipe.name for recipe in suite.RECIPES}
 
 
-def identity(digest="a" * 64, fold=1, task="IEMOCAP ER", head="linear"):
-    return {"task": task, "head": head, "encoder_digest": digest, "fold": fold, "encoder": "/enc"}
+def identity(digest="a" * 64, fold=1, task="IEMOCAP ER", head="linear", profile="paper"):
+    return {"task": task, "head": head, "profile": profile, "encoder_digest": digest, "fold": fold, "encoder": "/enc"}
 
 
-def test_a_run_folder_refuses_another_encoder_or_fold(tmp_path):
+def test_a_run_folder_refuses_another_encoder_fold_profile_or_data(tmp_path):
     check_run_identity(tmp_path, identity())
     check_run_identity(tmp_path, identity())  # the same run resumes
     with pytest.raises(ValueError, match=r"encoder_digest: 'a+' there, 'b+' now.*another --output_folder"):
         check_run_identity(tmp_path, identity(digest="b" * 64))
     with pytest.raises(ValueError, match="fold: 1 there, 3 now"):
         check_run_identity(tmp_path, identity(fold=3))
+    with pytest.raises(ValueError, match="profile: 'paper' there, 'mp3s' now"):
+        check_run_identity(tmp_path, identity(profile="mp3s"))
+    # The data's digest joins the identity once the manifests are written, and is then checked too.
+    train = tmp_path / "train.csv"
+    train.write_text("ID,duration,wav,emo\nu1,1.0,/a/u1.wav,hap\nu2,2.0,/a/u2.wav,sad\n")
+    digest = manifests_digest([train])
+    check_run_identity(tmp_path, {"data_digest": digest})
+    train.write_text("ID,duration,wav,emo\nu1,1.0,/moved/u1.wav,hap\nu2,2.0,/moved/u2.wav,sad\n")
+    assert manifests_digest([train]) == digest  # the same data on another disk
+    check_run_identity(tmp_path, {"data_digest": manifests_digest([train])})
+    train.write_text("ID,duration,wav,emo\nu1,1.0,/a/u1.wav,hap\nu3,2.0,/a/u3.wav,sad\n")
+    with pytest.raises(ValueError, match=f"data_digest: '{digest}' there, '[0-9a-f]+' now"):
+        check_run_identity(tmp_path, {"data_digest": manifests_digest([train])})
+    assert json.loads((tmp_path / "run_identity.json").read_text()) == {**identity(), "data_digest": digest}
 
 
 def test_encoder_digest_follows_the_weights(tmp_path):
@@ -47,7 +61,7 @@ def test_class_count_of_a_partial_corpus_comes_from_its_training_data(task, tmp_
     recipe = next(r for r in suite.RECIPES if r.task == task and r.head != "Xvectors")
     encoder = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "e")
     overrides = {"ssl_folder": str(encoder), "data_folder": str(data), "output_folder": str(tmp_path / "out")}
-    with caplog.at_level("WARNING"), open(recipe.hparams, encoding="utf-8") as fin:
+    with caplog.at_level("WARNING"), open(recipe.hparams(), encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     assert hparams["num_classes"] == 3
     assert hparams["head"](torch.randn(2, 10, 16), torch.ones(2)).shape == (2, 3)
@@ -56,14 +70,14 @@ def test_class_count_of_a_partial_corpus_comes_from_its_training_data(task, tmp_
 
 
 def fake_rows(task, head, encoder, value, fold=None):
-    return [{"task": NAMES[task], "head": head, "test_set": "test", "metric": "accuracy",
+    return [{"task": NAMES[task], "head": head, "profile": "paper", "test_set": "test", "metric": "accuracy",
              "value": value, "epochs": 2, "encoder": str(encoder), "mixer": "mamba", "fold": fold}]
 
 
 def test_suite_records_a_failing_recipe_and_still_writes_every_table(tmp_path, monkeypatch):
     encoder = SpeechEncoder("fastformer", num_layers=1, d_model=16, d_ffn=32, nhead=2).save_pretrained(tmp_path / "e")
 
-    def fake_run_recipe(recipe, enc, data_folder, output, extra):
+    def fake_run_recipe(recipe, enc, data_folder, output, extra, profile):
         if recipe.task == "SLURP":
             stderr = ("speechbrain.core - WARNING - a harmless warning\nTraceback (most recent call last):\n"
                       '  File "train.py", line 9, in <module>\nFileNotFoundError: SLURP file(s) not found in /x\n')
@@ -91,7 +105,8 @@ def test_suite_records_a_failing_recipe_and_still_writes_every_table(tmp_path, m
     assert "IEMOCAP ER linear accuracy (test)" in wide and "0.5200 ± 0.0141 (2 folds)" in wide
     with open(tmp_path / "out" / "results_wide.csv", newline="") as handle:
         (row,) = list(csv.DictReader(handle))
-    assert row["mixer"] == "mamba" and math.isclose(float(row["IEMOCAP ER linear accuracy (test)"]), 0.52)
+    assert row["mixer"] == "mamba" and row["profile"] == "paper"
+    assert math.isclose(float(row["IEMOCAP ER linear accuracy (test)"]), 0.52)
     plots = sorted(p.name for p in (tmp_path / "out" / "layer_weights").glob("*.png"))
     assert plots == [f"mamba-{encoder_digest(encoder)[:8]}-IEMOCAP_ER-{h}.png" for h in ("ecapa_tdnn", "linear")]
     # Each run has a folder of its own, named by the encoder's digest and the fold.
@@ -103,14 +118,15 @@ def test_suite_never_shares_a_run_folder_between_encoders(tmp_path, monkeypatch)
                 for n in ("a", "b")]
     outputs = []
 
-    def fake_run_recipe(recipe, enc, data_folder, output, extra):
+    def fake_run_recipe(recipe, enc, data_folder, output, extra, profile):
         outputs.append(output)
         return fake_rows("SLURP", recipe.head, enc, 0.7)
 
     monkeypatch.setattr(suite, "run_recipe", fake_run_recipe)
     suite.run_suite(encoders[:1], {"SLURP": [("", "/slurp")]}, tmp_path / "out", [])
     suite.run_suite(encoders[1:], {"SLURP": [("", "/slurp")]}, tmp_path / "out", [])
-    assert len(set(outputs)) == 4
+    suite.run_suite(encoders[1:], {"SLURP": [("", "/slurp")]}, tmp_path / "out", [], profile="mp3s")
+    assert len(set(outputs)) == 6
 
 
 def test_folds_option():
@@ -122,8 +138,8 @@ def test_folds_option():
 def test_set_overrides_one_key_of_one_task(tmp_path, monkeypatch):
     calls = {}
 
-    def fake_run_suite(encoders, data, output, extra, quick=False, task_overrides=None, folds=()):
-        calls.update(data=data, extra=extra, task_overrides=task_overrides, folds=folds)
+    def fake_run_suite(encoders, data, output, extra, quick=False, task_overrides=None, folds=(), profile="paper"):
+        calls.update(data=data, extra=extra, task_overrides=task_overrides, folds=folds, profile=profile)
         (output / "results_wide.md").parent.mkdir(parents=True, exist_ok=True)
         (output / "results_wide.md").write_text("")
         return []
@@ -134,14 +150,35 @@ def test_set_overrides_one_key_of_one_task(tmp_path, monkeypatch):
     assert calls["task_overrides"] == {"SLURP": ["--lr=0.01", "--batch_size=8"]}
     assert calls["extra"] == ["--number_of_epochs=3"] and calls["folds"] == (1, 2)
     assert calls["data"] == {"IEMOCAP": [("", "/iemocap")], "SLURP": [("", "/slurp")]}
-    with pytest.raises(SystemExit):
-        suite.main(["--encoder", str(tmp_path), "--slurp", "/slurp", "--set", "SLURP.lr"])
+    assert calls["profile"] == "paper"
+    suite.main(["--encoder", str(tmp_path), "--commonvoice", "cy=/cv/cy", "--profile", "mp3s", "--output",
+                str(tmp_path)])
+    assert calls["profile"] == "mp3s" and calls["data"] == {"CommonVoice": [("cy", "/cv/cy")]}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--set", "SLURP.lr"], "--set expects TASK.KEY=VALUE"),
+    (["--set", "Slurp.lr=0.5"], "no task 'Slurp'; the tasks are CommonVoice, IEMOCAP, LibriSpeech, SLURP, VoxCeleb1"),
+    (["--set", "SLURP.learning_rate=0.5"], "the SLURP YAMLs have no key 'learning_rate'; they have .*lr_weights"),
+    (["--epochs", "0"], "must be a positive integer"),
+    (["--epochs", "-3"], "must be a positive integer"),
+    (["--commonvoice", "cy"], "--commonvoice expects LANG=folder"),
+    (["--commonvoice", "x/../../..=/cv"], "LANG must be a language code"),
+    (["--profile", "upstream"], "invalid choice: 'upstream'"),
+])
+def test_suite_refuses_bad_arguments_with_a_usage_message(arguments, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("the suite ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main(["--encoder", str(tmp_path), "--slurp", "/slurp", *arguments])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_every_recipe_of_the_suite_is_a_task_folder_with_its_head_yaml():
     for recipe in suite.RECIPES:
-        assert recipe.train_py.is_file() and recipe.hparams.is_file()
-        assert recipe.train_py.parent == recipe.hparams.parent.parent == suite.RECIPES_DIR / recipe.task
+        assert recipe.train_py.is_file() and recipe.hparams().is_file() and recipe.hparams("mp3s").is_file()
+        assert recipe.train_py.parent == recipe.hparams().parent.parent == suite.RECIPES_DIR / recipe.task
+        assert recipe.hparams("mp3s").parent == recipe.hparams().parent / "mp3s"
         assert (recipe.train_py.parent / "README.md").is_file()
         text = recipe.train_py.read_text()
         assert re.search(r"^class \w+\(DownstreamBrain\):", text, flags=re.M) and "\ndef dataio_prepare(" in text

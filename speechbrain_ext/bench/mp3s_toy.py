@@ -1,11 +1,11 @@
 """The MP3S suite on the toy corpora, for encoders pretrained by the demo: the pipeline, end to end.
 
     python -m speechbrain_ext.bench.mp3s_toy --work mp3s_toy --mixers summarymixing fastformer --folds 1-3 \
-        --results benchmarks/results/mp3s_toy
+        --profile mp3s --results benchmarks/results/mp3s_toy
 
 Writes every toy corpus in its real layout (``speechbrain_ext.data.toy``), pretrains one demo
 encoder per mixer (``python -m speechbrain_ext.demo``), runs ``python -m speechbrain_ext.mp3s.suite``
-with every recipe's MP3S defaults (``--quick``: small heads; the toy settings below), and copies
+in the chosen profile (``--profile``: paper or mp3s; ``--quick``: small heads; the toy settings below), and copies
 the tables and layer-weight plots to ``--results`` with this command. The toy corpora are far too
 small for ASR (WER near 100%); the classification tasks learn from them.
 """
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--folds", default="1-3")
+    parser.add_argument("--profile", choices=("paper", "mp3s"), default="paper")
     parser.add_argument("--results", type=Path, help="folder to copy the tables and plots to")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
              "--librispeech", str(corpora["ls"]), "--commonvoice", f"cy={corpora['cv']}",
              "--voxceleb1", str(corpora["vox"]), "--iemocap", str(corpora["iemocap"]), "--slurp", str(corpora["slurp"]),
              "--output", str(args.work / "results"), "--epochs", str(args.epochs), "--quick", "--folds", args.folds,
+             "--profile", args.profile,
              *(arg for setting in TOY_SETTINGS for arg in ("--set", setting))]
     print("running:", " ".join(suite), flush=True)
     status = subprocess.run(suite).returncode

@@ -6,10 +6,14 @@ a separate Adam for the layer weights, each rate annealed after validation, the 
 validation error tested. Each recipe's ``train.py`` subclasses it with its task's ``compute_forward``,
 ``compute_objectives`` and ``on_stage_end``.
 
-A run folder records what it trains on (``run_identity.json``: task, head, a digest of the encoder's files,
-fold), so that a rerun into it on another encoder or fold is refused instead of reporting the old head; at the
-end it holds the test results (``results.json``) and the learned weight of each layer (``layer_weights.json``),
-which :mod:`speechbrain_ext.mp3s.suite` collects.
+A run folder records what it trains on (``run_identity.json``: task, head, profile, a digest of the encoder's
+files, fold, and a digest of the data's manifests), so that a rerun into it on another encoder, fold or corpus is
+refused instead of reporting the old head; at the end it holds the test results (``results.json``) and the
+learned weight of each layer (``layer_weights.json``), which :mod:`speechbrain_ext.mp3s.suite` collects.
+
+Each head has two profiles: ``hparams/<head>.yaml`` is ``paper`` (what the paper's authors ran: their fork of
+the benchmark, whettenr/benchmarks ``hparams/ssl_brq.yaml``) and ``hparams/mp3s/<head>.yaml`` is ``mp3s``
+(upstream speechbrain/benchmarks); the YAML's ``profile`` goes into every result row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import speechbrain as sb
+import yaml
 from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml.core import resolve_references
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
@@ -29,7 +35,7 @@ from speechbrain.utils.logger import get_logger
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.files import atomic_writer
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
-from speechbrain_ext.training import ResilientBrain, write_run_hyperparams
+from speechbrain_ext.training import ResilientBrain, check_training_options, write_run_hyperparams
 
 logger = get_logger(__name__)
 
@@ -37,6 +43,7 @@ RESULTS_FILE = "results.json"
 LAYER_WEIGHTS_FILE = "layer_weights.json"
 IDENTITY_FILE = "run_identity.json"
 SKIPPED_AUDIO_FILE = "skipped_audio.txt"
+PROFILES = ("paper", "mp3s")
 
 
 def encoder_digest(folder: str | Path) -> str:
@@ -50,44 +57,82 @@ def encoder_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_run_identity(output_folder: str | Path, identity: dict) -> None:
-    """Records what a run folder trains on; refuses a folder that holds a run on another encoder or fold.
+def manifests_digest(csv_files: list[str | Path]) -> str:
+    """SHA-256 of the rows of SpeechBrain CSV manifests, their ``wav`` paths left out.
 
-    A head in ``output_folder`` is resumed (or reported) only by a run of the same task, head, encoder
-    weights and fold: anything else would report a head trained for something else (another encoder's
-    features, or a training set that held this fold's test speaker).
+    What a head learns from: the utterances' IDs, durations and labels. The audio paths are left out, so a
+    corpus moved to another disk is the same data.
+    """
+    digest = hashlib.sha256()
+    for csv_file in csv_files:
+        with open(csv_file, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                digest.update(json.dumps({k: v for k, v in row.items() if k != "wav"}, sort_keys=True).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_run_identity(output_folder: str | Path, identity: dict) -> None:
+    """Records what a run folder trains on; refuses a folder that holds a run on something else.
+
+    A head in ``output_folder`` is resumed (or reported) only by a run of the same task, head, profile,
+    encoder weights, fold and data: anything else would report a head trained for something else (another
+    encoder's features, another corpus, or a training set that held this fold's test speaker). The keys of
+    ``identity`` are compared with those recorded; keys not recorded yet (the data digest, known once the
+    manifests are written) are added.
     """
     path = Path(output_folder) / IDENTITY_FILE
-    keys = ("task", "head", "encoder_digest", "fold")
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        differ = [key for key in keys if recorded.get(key) != identity.get(key)]
-        if differ:
-            details = "; ".join(f"{key}: {recorded.get(key)!r} there, {identity.get(key)!r} now" for key in differ)
-            raise ValueError(
-                f"{output_folder} holds a run trained on something else ({details}; encoder "
-                f"{recorded.get('encoder')}). Its head would be reused as this run's result: give another "
-                f"--output_folder, or delete that folder to train afresh"
-            )
-        return
-    if if_main_process():
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    differ = [key for key in identity if key != "encoder" and key in recorded and recorded[key] != identity[key]]
+    if differ:
+        details = "; ".join(f"{key}: {recorded.get(key)!r} there, {identity.get(key)!r} now" for key in differ)
+        raise ValueError(
+            f"{output_folder} holds a run trained on something else ({details}; encoder "
+            f"{recorded.get('encoder')}). Its head would be reused as this run's result: give another "
+            f"--output_folder, or delete that folder to train afresh"
+        )
+    if if_main_process() and any(key not in recorded for key in identity):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path) as out:
-            out.write(json.dumps(identity, indent=2) + "\n")
+            out.write(json.dumps({**recorded, **identity}, indent=2) + "\n")
+
+
+def plain_settings(text: str) -> dict:
+    """The top-level settings of a YAML text whose values are plain (numbers, text); tagged values are None.
+
+    Example
+    -------
+    >>> plain_settings("lr: 0.01\\nhead: !new:torch.nn.Identity\\nnumber_of_epochs: 3\\n")
+    {'lr': 0.01, 'head': None, 'number_of_epochs': 3}
+    """
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return yaml.load(text, Loader=Loader) or {}
 
 
 def start_run(argv: list[str]) -> tuple[dict, dict]:
     """SpeechBrain's start of a recipe, for an MP3S run folder; returns ``hparams`` and ``run_opts``.
 
     Parses the command line (``hparams.yaml --key=value ...``), joins the DDP group, loads the YAML with
-    the overrides (once), refuses an ``output_folder`` that holds a run on another encoder or fold
-    (:func:`check_run_identity`) and writes the run's ``hyperparams.yaml`` there.
+    the overrides (once), checks the training options (a positive ``number_of_epochs`` and ``lr``: an
+    untrained head is never reported), refuses an ``output_folder`` that holds a run on another encoder, fold
+    or profile (:func:`check_run_identity`) and writes the run's ``hyperparams.yaml`` there.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
+    # Checked on the YAML's text: loading it builds its objects, and some prepare the data (num_classes).
+    with open(hparams_file, encoding="utf-8") as fin:
+        settings = plain_settings(resolve_references(fin, overrides).getvalue())
+    check_training_options({key: settings[key] for key in ("number_of_epochs", "lr", "lr_weights") if key in settings},
+                           run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    identity = {"task": hparams["task"], "head": hparams["head_name"],
+    if hparams.get("profile") not in PROFILES:
+        raise ValueError(f"{hparams_file}: profile must be one of {PROFILES}, got {hparams.get('profile')!r}")
+    identity = {"task": hparams["task"], "head": hparams["head_name"], "profile": hparams["profile"],
                 "encoder_digest": encoder_digest(hparams["ssl_folder"]), "fold": hparams.get("test_spk_id"),
                 "encoder": str(Path(hparams["ssl_folder"]).resolve())}
     check_run_identity(hparams["output_folder"], identity)
@@ -133,7 +178,8 @@ def load_classes(hparams: dict, train_set, column: str):
 def audio_datasets(hparams: dict, csv_files: list, resample: bool = False) -> list:
     """Datasets giving ``id`` and ``sig`` of the manifests ``csv_files``, the training manifest first.
 
-    Bad audio is left out (counted in the log, listed in ``<output_folder>/skipped_audio.txt``); audio
+    The manifests' digest joins the run's identity (a rerun on other data is refused). Bad audio is left out
+    (counted in the log, listed in ``<output_folder>/skipped_audio.txt``); audio
     that fails to decode in training is left out of its batch and of later runs. ``max_duration`` (if
     set) applies to the training split only. The training split is ordered by ``sorting`` ("ascending":
     by duration, then the loader must not shuffle, as MP3S's ASR recipes; "random": the manifest's order,
@@ -144,6 +190,7 @@ def audio_datasets(hparams: dict, csv_files: list, resample: bool = False) -> li
     if sorting not in ("ascending", "random"):
         raise ValueError(f"sorting must be 'ascending' or 'random', got {sorting!r}")
     folder = Path(hparams["output_folder"])
+    check_run_identity(folder, {"data_digest": manifests_digest(csv_files)})
     return [
         audio_dataset(
             [csv_file], hparams["sample_rate"], hparams.get("min_duration", 0.0),
@@ -232,10 +279,18 @@ class DownstreamBrain(ResilientBrain):
         Returns ``{test set: {metric: value}}`` for ``metrics``; ``epochs_trained`` keeps how many epochs
         the head was trained (testing reloads the best checkpoint and its epoch counter).
         """
+        self.train_head(train_set, valid_set)
+        return self.test_best(test_sets)
+
+    def train_head(self, train_set, valid_set) -> None:
+        """Trains for the YAML's epochs, resuming from the last checkpoint; the last epoch's weights stay loaded."""
         self.fit(self.hparams.epoch_counter, train_set, valid_set,
                  train_loader_kwargs=self.hparams.train_dataloader_opts,
                  valid_loader_kwargs=self.hparams.valid_dataloader_opts)
         self.epochs_trained = self.hparams.epoch_counter.current
+
+    def test_best(self, test_sets: dict) -> dict[str, dict[str, float]]:
+        """Tests the best validation checkpoint on each test set: ``{test set: {metric: value}}``."""
         values = {}
         for name, dataset in test_sets.items():
             self.test_set_name = name  # for the files a subclass writes at the end of a test
@@ -246,12 +301,13 @@ class DownstreamBrain(ResilientBrain):
     def write_results(self, values: dict[str, dict[str, float]]) -> list[dict]:
         """Writes ``results.json`` (one row per test set and metric) and ``layer_weights.json``; returns the rows.
 
-        A row holds the task, head, test set, metric, value, epochs trained, encoder folder, mixer and fold.
+        A row holds the task, head, profile, test set, metric, value, epochs trained, encoder folder, mixer and
+        fold.
         """
         hparams = self.hparams
         mixer = SpeechEncoder.read_config(hparams.ssl_folder)["mixer"]
         fold = getattr(hparams, "test_spk_id", None)
-        run = {"task": hparams.task, "head": hparams.head_name}
+        run = {"task": hparams.task, "head": hparams.head_name, "profile": hparams.profile}
         rows = [{**run, "test_set": test_set, "metric": metric, "value": value, "epochs": self.epochs_trained,
                  "encoder": str(hparams.ssl_folder), "mixer": mixer, "fold": fold}
                 for test_set, metrics in values.items() for metric, value in metrics.items()]

@@ -21,8 +21,9 @@ from speechbrain_ext.models.speech_encoder import SpeechEncoder
 class FrozenEncoder(nn.Module):
     """A pretrained :class:`SpeechEncoder` that returns all its layers, frozen by default.
 
-    Frozen means eval mode (no dropout, even when the surrounding model trains) and no
-    gradients, so the downstream head and layer weights are the only trainable parameters.
+    Frozen means no gradients, so the downstream head and layer weights are the only trainable
+    parameters, and eval mode (no dropout, even when the surrounding model trains) unless
+    ``active_dropout``.
 
     Arguments
     ---------
@@ -30,6 +31,13 @@ class FrozenEncoder(nn.Module):
         The pretrained encoder.
     freeze : bool
         Keep the encoder frozen (MP3S); False fine-tunes it with the head.
+    active_dropout : bool
+        A frozen encoder follows its parent's train/eval mode, so its dropout is active while the head
+        trains and off at validation and test. The paper's MP3S runs did this: whettenr/benchmarks
+        ``hparams/ssl_brq.yaml`` wraps the encoder in the fork's ``WeightedEncoderWrapper``, which only
+        turns off gradients, and the Brain puts every module in train mode. LayerDrop stays off (that
+        YAML's ``TransformerASR`` has none), and so do the normalisation statistics' updates (its
+        ``ComputeFeaturesWrapper`` passes epoch 10).
 
     Example
     -------
@@ -42,10 +50,13 @@ class FrozenEncoder(nn.Module):
     (torch.Size([3, 2, 26, 32]), torch.Size([2, 26]), 3)
     """
 
-    def __init__(self, encoder: SpeechEncoder, freeze: bool = True) -> None:
+    def __init__(self, encoder: SpeechEncoder, freeze: bool = True, active_dropout: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.freeze = freeze
+        self.active_dropout = active_dropout
+        if active_dropout:
+            encoder.encoder.layerdrop_prob = 0.0
         self.num_layers = encoder.config["num_layers"] + 1  # the encoder input and every block
         self.output_dim = encoder.config["d_model"]
         if freeze:
@@ -54,14 +65,16 @@ class FrozenEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, freeze: bool = True, map_location: str | torch.device = "cpu"
+        cls, folder: str | Path, freeze: bool = True, map_location: str | torch.device = "cpu",
+        active_dropout: bool = False,
     ) -> FrozenEncoder:
         """Loads the encoder exported to ``folder`` (``<pretraining output>/encoder``)."""
-        return cls(SpeechEncoder.from_pretrained(folder, map_location=map_location), freeze=freeze)
+        return cls(SpeechEncoder.from_pretrained(folder, map_location=map_location), freeze=freeze,
+                   active_dropout=active_dropout)
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         super().train(mode)
-        if self.freeze:
+        if self.freeze and not self.active_dropout:
             self.encoder.eval()  # a frozen encoder never trains, whatever its parent does
         return self
 
@@ -140,10 +153,12 @@ class WeightedEncoderFeatures(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, layernorm: bool = False, freeze: bool = True
+        cls, folder: str | Path, layernorm: bool = False, freeze: bool = True, active_dropout: bool = False
     ) -> WeightedEncoderFeatures:
-        """Loads the encoder exported to ``folder`` with fresh (equal) layer weights."""
-        return cls(FrozenEncoder.from_pretrained(folder, freeze=freeze), layernorm=layernorm)
+        """Loads the encoder exported to ``folder`` with fresh (equal) layer weights (``active_dropout``: see
+        :class:`FrozenEncoder`)."""
+        return cls(FrozenEncoder.from_pretrained(folder, freeze=freeze, active_dropout=active_dropout),
+                   layernorm=layernorm)
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms (B, S) -> features (B, T, E) and their relative lengths (B,)."""

@@ -51,6 +51,10 @@ def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 class FrameHead(nn.Module):
     """A sequence network (BiLSTM, ContextNet, or none for a linear head) and a linear output per frame.
 
+    A sequence network that takes ``lengths`` (SpeechBrain's ``LSTM``) is given them, so it reads each
+    utterance's own frames (packed); ``use_lengths=False`` runs it on the padded batch, as MP3S's
+    ``train.py`` calls it (then an utterance's output depends on its batch's padding).
+
     Example
     -------
     >>> from speechbrain.nnet.RNN import LSTM
@@ -59,10 +63,10 @@ class FrameHead(nn.Module):
     torch.Size([2, 10, 5])
     """
 
-    def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int) -> None:
+    def __init__(self, encoder: nn.Module | None, encoder_dim: int, num_outputs: int, use_lengths: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
-        self.encoder_takes_lengths = encoder is not None and takes_lengths(encoder)
+        self.encoder_takes_lengths = use_lengths and encoder is not None and takes_lengths(encoder)
         self.output = nn.Linear(encoder_dim, num_outputs)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -88,6 +92,8 @@ class PooledHead(nn.Module):
         a linear classifier learns slowly.
     bias : bool
         Bias of the linear classifier.
+    use_lengths : bool
+        Give ``lengths`` to a sequence network that takes them (as :class:`FrameHead`).
 
     Example
     -------
@@ -104,10 +110,11 @@ class PooledHead(nn.Module):
         pool_std: bool = True,
         normalize: bool = True,
         bias: bool = True,
+        use_lengths: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.encoder_takes_lengths = encoder is not None and takes_lengths(encoder)
+        self.encoder_takes_lengths = use_lengths and encoder is not None and takes_lengths(encoder)
         self.pool_std = pool_std
         pooled_dim = encoder_dim * (2 if pool_std else 1)
         self.norm = nn.BatchNorm1d(pooled_dim, affine=False) if normalize else nn.Identity()

@@ -2,20 +2,22 @@
 
     python -m speechbrain_ext.mp3s.suite --encoder results/BEST-RQ/<run>/encoder [--encoder ...] \\
         --librispeech /data/LibriSpeech --commonvoice cy=/data/cv/cy --commonvoice eu=/data/cv/eu \\
-        --voxceleb1 /data/VoxCeleb1 --iemocap /data/IEMOCAP --slurp /data/SLURP --output mp3s_results
+        --voxceleb1 /data/VoxCeleb1 --iemocap /data/IEMOCAP --slurp /data/SLURP --output mp3s_results \\
+        [--profile paper|mp3s]
 
-Every recipe under recipes/MP3S (``<Task>/train.py`` with each of its ``<Task>/hparams/<head>.yaml``) runs as
-a user runs it (one process per task, head, encoder and, for IEMOCAP, leave-one-speaker-out fold: all 10 by
-default, ``--folds`` for fewer); tasks whose
-data folder is not given are left out. Each run has its own folder, named by the encoder's digest,
-so a rerun never reuses a head trained on another encoder. A recipe that fails is recorded as a
+Every recipe under recipes/MP3S (``<Task>/train.py`` with each of its heads' YAMLs: ``<Task>/hparams/<head>.yaml``
+for the ``paper`` profile, the default, ``<Task>/hparams/mp3s/<head>.yaml`` for ``mp3s``) runs as a user runs
+it (one process per task, head, encoder and, for IEMOCAP, leave-one-speaker-out fold: all 10 by default,
+``--folds`` for fewer); tasks whose data folder is not given are left out. Each run has its own folder, named
+by the encoder's digest and the profile, so a rerun never reuses a head trained on another encoder. A recipe
+that fails is recorded as a
 row (status "failed" and the end of its traceback) and the suite goes on; the tables are always
 written:
 
-- ``results.csv`` / ``results.md``: one row per run and metric (task, head, test set, metric,
+- ``results.csv`` / ``results.md``: one row per run and metric (task, head, profile, test set, metric,
   value, epochs, encoder, mixer, fold, status, error);
-- ``results_wide.csv`` / ``results_wide.md``: the paper's shape, one row per encoder, one column
-  per task metric (IEMOCAP: mean and standard deviation over the folds run);
+- ``results_wide.csv`` / ``results_wide.md``: the paper's shape, one row per encoder and profile, one
+  column per task metric (IEMOCAP: mean and standard deviation over the folds run);
 - ``layer_weights/``: the learned weight of each encoder layer, one small plot per task, head and
   encoder (IEMOCAP: mean over folds), with their values in ``layer_weights.json``;
 - with several encoders, ``results.png``: one bar per encoder for each task and head.
@@ -34,17 +36,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechbrain_ext.mp3s.brain import LAYER_WEIGHTS_FILE, RESULTS_FILE, encoder_digest
+from speechbrain_ext.mp3s.brain import LAYER_WEIGHTS_FILE, PROFILES, RESULTS_FILE, encoder_digest
 from speechbrain_ext.paths import pyplot, recipes_dir
 
 RECIPES_DIR = recipes_dir("MP3S")
-COLUMNS = ("task", "head", "test_set", "metric", "value", "epochs", "encoder", "mixer", "fold", "status", "error")
+COLUMNS = ("task", "head", "profile", "test_set", "metric", "value", "epochs", "encoder", "mixer", "fold", "status",
+           "error")
 IEMOCAP_FOLDS = tuple(range(1, 11))
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One head of one task: ``recipes/MP3S/<task>/train.py`` with ``hparams/<head>.yaml``."""
+    """One head of one task: ``recipes/MP3S/<task>/train.py`` with ``hparams/<head>.yaml`` (profile ``paper``) or
+    ``hparams/mp3s/<head>.yaml`` (``mp3s``)."""
 
     task: str  # folder under recipes/MP3S and the data option
     head: str
@@ -54,15 +58,21 @@ class Recipe:
     def train_py(self) -> Path:
         return RECIPES_DIR / self.task / "train.py"
 
-    @property
-    def hparams(self) -> Path:
-        return RECIPES_DIR / self.task / "hparams" / f"{self.head}.yaml"
+    def hparams(self, profile: str = "paper") -> Path:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        return RECIPES_DIR / self.task / "hparams" / ("" if profile == "paper" else profile) / f"{self.head}.yaml"
 
     @property
     def name(self) -> str:
         """The task's name in the results (the YAML's ``task``, e.g. "IEMOCAP ER")."""
-        found = re.search(r"^task: *([^#\n]*?) *(#.*)?$", self.hparams.read_text(encoding="utf-8"), flags=re.M)
+        found = re.search(r"^task: *([^#\n]*?) *(#.*)?$", self.hparams().read_text(encoding="utf-8"), flags=re.M)
         return found.group(1) if found else self.task
+
+    def keys(self) -> set[str]:
+        """The top-level keys of the head's YAMLs (both profiles): what ``--set`` may override."""
+        return {key for profile in PROFILES
+                for key in re.findall(r"^(\w+):", self.hparams(profile).read_text(encoding="utf-8"), flags=re.M)}
 
 
 SMALL_ECAPA = ("--ecapa_channels=[32, 32, 32, 32, 96]", "--embedding_dim=32")
@@ -96,9 +106,10 @@ def error_summary(stderr: str, lines: int = 6) -> str:
     return "\n".join(kept[-lines:]) if kept else "(no output)"
 
 
-def run_recipe(recipe: Recipe, encoder: Path, data_folder: str, output: Path, extra: list[str]) -> list[dict]:
+def run_recipe(recipe: Recipe, encoder: Path, data_folder: str, output: Path, extra: list[str],
+               profile: str = "paper") -> list[dict]:
     """Runs one recipe for one encoder; returns its result rows or raises :class:`RecipeFailed`."""
-    command = [sys.executable, str(recipe.train_py), str(recipe.hparams), f"--ssl_folder={encoder}",
+    command = [sys.executable, str(recipe.train_py), str(recipe.hparams(profile)), f"--ssl_folder={encoder}",
                f"--data_folder={data_folder}", f"--output_folder={output}", "--noprogressbar", *extra]
     print("running:", " ".join(command), flush=True)
     completed = subprocess.run(command, capture_output=True, text=True)
@@ -136,7 +147,7 @@ def write_tables(rows: list[dict], output: Path) -> tuple[Path, Path]:
 
 
 def wide_table(rows: list[dict]) -> tuple[list[str], list[dict]]:
-    """One row per encoder, one column per task metric: (columns, rows of {column: (mean, std, n)})."""
+    """One row per encoder and profile, one column per task metric: (columns, rows of {column: (mean, std, n)})."""
     groups: dict[tuple, dict[str, list[float]]] = {}
     columns: list[str] = []
     for row in rows:
@@ -145,12 +156,13 @@ def wide_table(rows: list[dict]) -> tuple[list[str], list[dict]]:
         column = f"{row['task']} {row['head']} {row['metric']} ({row['test_set']})"
         if column not in columns:
             columns.append(column)
-        groups.setdefault((row["mixer"], row["encoder"]), {}).setdefault(column, []).append(float(row["value"]))
+        key = (row["mixer"], row["encoder"], row.get("profile", ""))
+        groups.setdefault(key, {}).setdefault(column, []).append(float(row["value"]))
     table = []
-    for (mixer, encoder), values in groups.items():
+    for (mixer, encoder, profile), values in groups.items():
         cells = {col: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
                  for col, v in values.items()}
-        table.append({"mixer": mixer, "encoder": encoder, **cells})
+        table.append({"mixer": mixer, "encoder": encoder, "profile": profile, **cells})
     return columns, table
 
 
@@ -161,9 +173,9 @@ def write_wide_tables(rows: list[dict], output: Path) -> tuple[Path, Path]:
     csv_path, md_path = output / "results_wide.csv", output / "results_wide.md"
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["mixer", "encoder", *columns, *(f"{col} std" for col in multi)])
+        writer.writerow(["mixer", "encoder", "profile", *columns, *(f"{col} std" for col in multi)])
         for row in table:
-            writer.writerow([row["mixer"], row["encoder"],
+            writer.writerow([row["mixer"], row["encoder"], row["profile"],
                              *(f"{row[c][0]:.4f}" if c in row else "" for c in columns),
                              *(f"{row[c][1]:.4f}" if c in row else "" for c in multi)])
 
@@ -173,8 +185,9 @@ def write_wide_tables(rows: list[dict], output: Path) -> tuple[Path, Path]:
         mean, std, n = cell
         return f"{mean:.4f} ± {std:.4f} ({n} folds)" if n > 1 else f"{mean:.4f}"
 
-    lines = ["| mixer | encoder | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
-    lines += [f"| {r['mixer']} | {r['encoder']} | " + " | ".join(md(r.get(c)) for c in columns) + " |" for r in table]
+    lines = ["| mixer | encoder | profile | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+    lines += [f"| {r['mixer']} | {r['encoder']} | {r['profile']} | " + " | ".join(md(r.get(c)) for c in columns) + " |"
+              for r in table]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -245,17 +258,19 @@ def plot_comparison(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _failure_row(recipe: Recipe, tag: str, encoder: Path, fold, error: str) -> dict:
+def _failure_row(recipe: Recipe, tag: str, encoder: Path, fold, error: str, profile: str) -> dict:
     task = recipe.name
-    return {"task": f"{task} ({tag})" if tag else task, "head": recipe.head, "test_set": "", "metric": "",
+    return {"task": f"{task} ({tag})" if tag else task, "head": recipe.head, "profile": profile, "test_set": "",
+            "metric": "",
             "value": float("nan"), "epochs": "", "encoder": str(encoder), "mixer": "", "fold": fold,
             "status": "failed", "error": error}
 
 
 def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], output: Path, extra: list[str],
               quick: bool = False, task_overrides: dict[str, list[str]] | None = None,
-              folds: tuple[int, ...] = IEMOCAP_FOLDS) -> list[dict]:
-    """Every recipe with data, for every encoder (IEMOCAP for every fold); writes the tables into ``output``.
+              folds: tuple[int, ...] = IEMOCAP_FOLDS, profile: str = "paper") -> list[dict]:
+    """Every recipe with data, for every encoder (IEMOCAP for every fold), in one ``profile`` ("paper": the
+    YAMLs the paper's runs used, "mp3s": upstream MP3S); writes the tables into ``output``.
 
     A failing recipe becomes a row with status "failed" and its error; the tables are rewritten
     after every run, so an interrupted suite keeps what finished.
@@ -268,16 +283,16 @@ def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], outp
         for recipe in RECIPES:
             for tag, folder in data.get(recipe.task, []):
                 for fold in (folds if recipe.task == "IEMOCAP" else (None,)):
-                    name = (f"{digest[:12]}-{recipe.task}{'-' + tag if tag else ''}-{recipe.head}"
+                    name = (f"{digest[:12]}-{profile}-{recipe.task}{'-' + tag if tag else ''}-{recipe.head}"
                             f"{'' if fold is None else f'-fold{fold}'}")
                     options = [*extra, *(recipe.quick if quick else ()), *(task_overrides or {}).get(recipe.task, []),
                                *(() if fold is None else (f"--test_spk_id={fold}",))]
                     try:
-                        new_rows = run_recipe(recipe, encoder, folder, output / name, options)
+                        new_rows = run_recipe(recipe, encoder, folder, output / name, options, profile)
                     except Exception as err:  # noqa: BLE001 - any failure is recorded and the suite goes on
                         summary = err.summary if isinstance(err, RecipeFailed) else f"{type(err).__name__}: {err}"
                         print(f"FAILED {name}:\n{summary}", flush=True)
-                        rows.append(_failure_row(recipe, tag, encoder, fold, summary))
+                        rows.append(_failure_row(recipe, tag, encoder, fold, summary, profile))
                     else:
                         for row in new_rows:
                             row["task"] = f"{row['task']} ({tag})" if tag else row["task"]
@@ -311,37 +326,89 @@ def _folds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(folds))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (epochs a head trains), got {text!r}")
+    return value
+
+
+def _language(item: str) -> tuple[str, str]:
+    """'LANG=folder' -> (LANG, folder); LANG names the runs' folders, so it must be a plain word."""
+    language, sep, folder = item.partition("=")
+    if not sep or not folder:
+        raise argparse.ArgumentTypeError(f"--commonvoice expects LANG=folder (e.g. cy=/data/cv/cy), got {item!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", language):
+        raise argparse.ArgumentTypeError(f"--commonvoice LANG must be a language code (letters, digits, - or _), "
+                                         f"got {language!r}")
+    return language, folder
+
+
+def task_overrides_from(items: list[str]) -> dict[str, list[str]]:
+    """``--set TASK.KEY=VALUE`` options -> {task: ["--KEY=VALUE", ...]}; unknown tasks or keys are refused.
+
+    Example
+    -------
+    >>> task_overrides_from(["VoxCeleb1.lr=0.002"])
+    {'VoxCeleb1': ['--lr=0.002']}
+    >>> task_overrides_from(["Slurp.lr=0.5"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --set Slurp.lr=0.5: no task 'Slurp'; the tasks are CommonVoice, IEMOCAP, LibriSpeech, SLURP, VoxCeleb1
+    """
+    tasks = sorted({recipe.task for recipe in RECIPES})
+    overrides: dict[str, list[str]] = {}
+    for item in items:
+        task, _, assignment = item.partition(".")
+        key, equals, _ = assignment.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--set expects TASK.KEY=VALUE, got {item!r}")
+        if task not in tasks:
+            raise ValueError(f"--set {item}: no task {task!r}; the tasks are {', '.join(tasks)}")
+        keys = set().union(*(recipe.keys() for recipe in RECIPES if recipe.task == task))
+        if key not in keys:
+            raise ValueError(f"--set {item}: the {task} YAMLs have no key {key!r}; they have "
+                             f"{', '.join(sorted(k for k in keys if not k.startswith('_')))}")
+        overrides.setdefault(task, []).append(f"--{assignment}")
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", type=Path, action="append", required=True, help="exported encoder folder")
     parser.add_argument("--librispeech")
-    parser.add_argument("--commonvoice", action="append", default=[], help="LANG=folder, e.g. cy=/data/cv/cy")
+    parser.add_argument("--commonvoice", type=_language, action="append", default=[],
+                        help="LANG=folder, e.g. cy=/data/cv/cy")
     parser.add_argument("--voxceleb1")
     parser.add_argument("--iemocap")
     parser.add_argument("--slurp")
     parser.add_argument("--output", type=Path, default=Path("mp3s_results"))
+    parser.add_argument("--profile", choices=PROFILES, default="paper",
+                        help="paper: the YAMLs the paper's runs used (whettenr/benchmarks ssl_brq.yaml); "
+                             "mp3s: upstream MP3S (default: paper)")
     parser.add_argument("--folds", type=_folds, default=IEMOCAP_FOLDS,
                         help="IEMOCAP leave-one-speaker-out folds to run, e.g. 1,2,3 or 1-10 (default: all 10)")
-    parser.add_argument("--epochs", type=int, help="override number_of_epochs of every recipe")
+    parser.add_argument("--epochs", type=_positive_int, help="override number_of_epochs of every recipe")
     parser.add_argument("--quick", action="store_true", help="small heads, for toy data and smoke tests")
     parser.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
                         help="override one YAML key of a task's recipes, e.g. VoxCeleb1.lr=0.002")
     args = parser.parse_args(argv)
-    task_overrides: dict[str, list[str]] = {}
-    for item in args.set:
-        task, _, assignment = item.partition(".")
-        if "=" not in assignment:
-            parser.error(f"--set expects TASK.KEY=VALUE, got {item!r}")
-        task_overrides.setdefault(task, []).append(f"--{assignment}")
+    try:
+        task_overrides = task_overrides_from(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     data = {task: [("", folder)] for task, folder in (("LibriSpeech", args.librispeech), ("VoxCeleb1", args.voxceleb1),
                                                       ("IEMOCAP", args.iemocap), ("SLURP", args.slurp)) if folder}
     if args.commonvoice:
-        data["CommonVoice"] = [tuple(item.split("=", 1)) for item in args.commonvoice]
+        data["CommonVoice"] = args.commonvoice
     if not data:
         parser.error("give at least one data folder (--librispeech, --commonvoice, --voxceleb1, --iemocap, --slurp)")
-    extra = [f"--number_of_epochs={args.epochs}"] if args.epochs else []
+    extra = [f"--number_of_epochs={args.epochs}"] if args.epochs is not None else []
     rows = run_suite(args.encoder, data, args.output, extra, quick=args.quick, task_overrides=task_overrides,
-                     folds=args.folds)
+                     folds=args.folds, profile=args.profile)
     print((args.output / "results_wide.md").read_text())
     failed = [row for row in rows if row["status"] != "ok"]
     print(f"{len(rows)} results in {args.output}" + (f", {len(failed)} failed runs (see results.md)" if failed else ""))

@@ -9,10 +9,13 @@ decoded words (WER, CER) and writes them beside their references.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 from speechbrain.decoders import ctc_greedy_decode
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ErrorRateStats
 
@@ -69,20 +72,50 @@ class SentencePieceUnits:
         return self.sp.decode_ids([int(i) for i in ids if int(i) < pieces]).split()
 
 
+def transcripts_digest(train_csv: str | Path) -> str:
+    """SHA-256 of the ``wrd`` column of a manifest, in its order: the text a tokenizer is trained on."""
+    digest = hashlib.sha256()
+    with open(train_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            digest.update(row["wrd"].encode() + b"\n")
+    return digest.hexdigest()
+
+
 def train_sentencepiece(save_folder: str | Path, train_csv: str | Path, vocab_size: int, model_type: str = "bpe",
                         character_coverage: float = 1.0):
     """SpeechBrain's SentencePiece wrapper on the ``wrd`` column of ``train_csv``, as MP3S builds it.
 
-    The model, ``<save_folder>/<vocab_size>_<model_type>.model``, is trained once; a rerun loads it.
+    The model, ``<save_folder>/<vocab_size>_<model_type>.model``, is trained once; a rerun loads it. Beside it,
+    ``<model>.source.json`` records what it was trained on (the transcripts' digest and the options): a model
+    trained on other transcripts is refused with both digests named, not used to encode these. An empty or
+    unreadable model (an interrupted training) is an error naming the file.
     """
     from speechbrain.tokenizers.SentencePiece import SentencePiece
 
     model = Path(save_folder) / f"{vocab_size}_{model_type}.model"
+    source = model.with_name(model.name + ".source.json")
+    wanted = {"transcripts_digest": transcripts_digest(train_csv), "vocab_size": vocab_size,
+              "model_type": model_type, "character_coverage": character_coverage}
     reused = model.is_file()
-    tokenizer = SentencePiece(
-        model_dir=str(save_folder), vocab_size=vocab_size, annotation_train=str(train_csv),
-        annotation_read="wrd", model_type=model_type, character_coverage=character_coverage,
-    )
+    if reused:
+        if model.stat().st_size == 0:
+            raise ValueError(f"the SentencePiece model {model} is empty (its training was interrupted?): delete it "
+                             f"to train it again")
+        recorded = json.loads(source.read_text()) if source.is_file() else None
+        if recorded != wanted:
+            raise ValueError(f"the SentencePiece model {model} was trained on other transcripts or options "
+                             f"({recorded} there, {wanted} for {train_csv}): give another --output_folder, or "
+                             f"delete the model to train it on these")
+    try:
+        tokenizer = SentencePiece(
+            model_dir=str(save_folder), vocab_size=vocab_size, annotation_train=str(train_csv),
+            annotation_read="wrd", model_type=model_type, character_coverage=character_coverage,
+        )
+    except (RuntimeError, OSError) as error:
+        raise ValueError(f"the SentencePiece model {model} cannot be read or trained: {error}") from error
+    if not reused and if_main_process():
+        with atomic_writer(source) as out:
+            out.write(json.dumps(wanted, indent=2) + "\n")
     logger.info("SentencePiece %s tokenizer with %d units %s %s", model_type, tokenizer.sp.vocab_size(),
                 "loaded from" if reused else "trained into", model)
     return tokenizer

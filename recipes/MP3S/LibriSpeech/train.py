@@ -2,15 +2,16 @@
 """MP3S recipe: LibriSpeech ASR (train-clean-100, characters, CTC) on a frozen BEST-RQ encoder.
 
 A head is trained with CTC on the characters of the transcripts, on the learned softmax-weighted sum of all
-the encoder's layers; validation decodes greedily, the test with SpeechBrain's CTC beam search (an n-gram
-language model is an option). The head is the YAML's (``hparams/LSTM.yaml``: a 2-layer BiLSTM;
-``hparams/contextnet.yaml``: ContextNet):
+the encoder's layers; validation decodes greedily, the test as ``test_decoding`` says (``greedy``, the paper's
+runs, or ``beam``, MP3S: SpeechBrain's CTC beam search). With ``ngram_lm_path`` (a 4-gram), the test sets are
+decoded again by a beam search with it (``lm_beam_search``), as the paper's ``--language_modelling`` runs. The
+head is the YAML's (``hparams/LSTM.yaml``: a 2-layer BiLSTM; ``hparams/contextnet.yaml``: ContextNet):
 
     python train.py hparams/LSTM.yaml --ssl_folder=<pretraining output>/encoder --data_folder=/data/LibriSpeech
 
 The checkpoint with the lowest validation WER is tested on test-clean and test-other: ``results.json`` has
-their WER and CER (%), ``hypotheses_<test set>.csv`` every decoded transcript beside its reference,
-``layer_weights.json`` the learned weights.
+their WER and CER (%) (and ``WER_lm``, ``CER_lm`` with the 4-gram), ``hypotheses_<test set>.csv`` every decoded
+transcript beside its reference (``hypotheses_<test set>_lm.csv``), ``layer_weights.json`` the learned weights.
 """
 
 import sys
@@ -26,11 +27,13 @@ from speechbrain_ext.mp3s.text import CharacterUnits, CTCDecoder, TranscriptionS
 class CharacterCTCBrain(DownstreamBrain):
     """CTC on characters from the weighted layers of the frozen encoder; WER and CER outside training.
 
-    ``decoder`` (a :class:`~speechbrain_ext.mp3s.text.CTCDecoder` of the characters) is set before training.
+    ``decoder`` (a :class:`~speechbrain_ext.mp3s.text.CTCDecoder` of the characters) is set before training,
+    and ``lm_decoder`` (None: no language model) decodes the test sets a second time.
     """
 
     error_key = "WER"
     metrics = ("WER", "CER")
+    lm_decoder = None
 
     def compute_forward(self, batch, stage):
         """Log-probabilities of the characters (B, T, C) at each frame, and the frames' relative lengths."""
@@ -43,19 +46,27 @@ class CharacterCTCBrain(DownstreamBrain):
         if stage != sb.Stage.TRAIN:
             words = self.decoder(log_probs, lengths, beam=stage == sb.Stage.TEST)
             self.transcripts.append(batch.id, words, batch.wrd)
+        if stage == sb.Stage.TEST and self.lm_decoder is not None:
+            self.lm_transcripts.append(batch.id, self.lm_decoder(log_probs, lengths, beam=True), batch.wrd)
         chars, char_lens = batch.char_encoded
         return self.hparams.ctc_cost(log_probs, chars.to(self.device), lengths, char_lens.to(self.device))
 
     def on_stage_start(self, stage, epoch=None):
         self.transcripts = TranscriptionStats()
+        self.lm_transcripts = TranscriptionStats()
         super().on_stage_start(stage, epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": stage_loss}
         if stage != sb.Stage.TRAIN:
             stats.update(self.transcripts.summarize())
+        if stage == sb.Stage.TEST and self.lm_decoder is not None:
+            stats.update({f"{name}_lm": value for name, value in self.lm_transcripts.summarize().items()})
         if stage == sb.Stage.TEST and sb.utils.distributed.if_main_process():
-            self.transcripts.write(f"{self.hparams.output_folder}/hypotheses_{self.test_set_name}.csv")
+            folder = self.hparams.output_folder
+            self.transcripts.write(f"{folder}/hypotheses_{self.test_set_name}.csv")
+            if self.lm_decoder is not None:
+                self.lm_transcripts.write(f"{folder}/hypotheses_{self.test_set_name}_lm.csv")
         self.finish_stage(stage, stats, epoch)
 
 
@@ -102,4 +113,7 @@ if __name__ == "__main__":
     brain = CharacterCTCBrain(hparams["modules"], hparams=hparams, run_opts=run_opts,
                               checkpointer=hparams["checkpointer"])
     brain.decoder = CTCDecoder(units, hparams["blank_index"], hparams["test_beam_search"], hparams["test_decoding"])
+    if hparams.get("ngram_lm_path"):
+        brain.lm_decoder = CTCDecoder(units, hparams["blank_index"], hparams["lm_beam_search"])
+        brain.metrics = (*brain.metrics, "WER_lm", "CER_lm")
     brain.write_results(brain.fit_and_test(train_set, valid_set, test_sets))

@@ -9,8 +9,9 @@ is the YAML's (``hparams/ecapa_tdnn.yaml``: ECAPA-TDNN; ``hparams/Xvectors.yaml`
     python train.py hparams/ecapa_tdnn.yaml --ssl_folder=<pretraining output>/encoder --data_folder=/data/VoxCeleb1
 
 The checkpoint with the lowest validation error is tested: ``results.json`` has its speaker accuracy on the
-held-out utterances of the training speakers and the EER of the trials whose two utterances could be read;
-``layer_weights.json`` the learned weights.
+held-out utterances of the training speakers and the EER of the trials whose two utterances could be read,
+scored with the embeddings of the last epoch's weights (``verification_weights: last``, the paper's runs) or of
+that best checkpoint (``best``, MP3S); ``layer_weights.json`` the learned weights.
 """
 
 import csv
@@ -88,7 +89,13 @@ class SpeakerBrain(DownstreamBrain):
         for batch in loader:
             if batch is None:  # every utterance of it failed to decode (logged)
                 continue
-            feats, lengths = self.features(batch)
+            wavs, wav_lens = batch.sig
+            limit = self.hparams.max_verification_samples
+            if limit is not None and wavs.shape[1] > limit:
+                # The paper's runs cut every utterance to its first `limit` samples (its relative length too).
+                wav_lens = torch.clamp(wav_lens * wavs.shape[1], max=limit) / limit
+                wavs = wavs[:, :limit]
+            feats, lengths = self.modules.ssl(wavs.to(self.device), wav_lens.to(self.device))
             vectors.update(zip(batch.id, F.normalize(self.modules.head.embed(feats, lengths), dim=-1).cpu()))
         return vectors
 
@@ -136,8 +143,12 @@ if __name__ == "__main__":
     manifests = run_on_main(hparams["prepare_voxceleb1"])
     train_set, valid_set, test_set, trials = dataio_prepare(hparams, manifests)
 
+    if hparams["verification_weights"] not in ("last", "best"):
+        raise ValueError(f"verification_weights must be 'last' or 'best', got {hparams['verification_weights']!r}")
     brain = SpeakerBrain(hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
-    # The speaker accuracy on held-out utterances of the training speakers, then the verification trials
-    results = brain.fit_and_test(train_set, valid_set, {"valid": valid_set})
-    results["veri_test2"] = {"EER": brain.verify(test_set, trials)}
+    brain.train_head(train_set, valid_set)
+    eer = brain.verify(test_set, trials) if hparams["verification_weights"] == "last" else None
+    # The speaker accuracy on held-out utterances of the training speakers (best checkpoint), then the trials
+    results = brain.test_best({"valid": valid_set})
+    results["veri_test2"] = {"EER": eer if eer is not None else brain.verify(test_set, trials)}
     brain.write_results(results)
