@@ -97,17 +97,18 @@ def _inverse_frequencies(dim: int, device: torch.device) -> torch.Tensor:
 
 
 def absolute_sinusoids(
-    length: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32
+    length: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, start: int = 0
 ) -> torch.Tensor:
     """Absolute sinusoidal positions (Vaswani et al. 2017), same values as
-    SpeechBrain's ``PositionalEncoding`` but for any length.
+    SpeechBrain's ``PositionalEncoding`` but for any length; ``start`` is the first position
+    (a streamed chunk's offset in its stream).
 
     Returns
     -------
     torch.Tensor
         (1, length, dim): ``sin`` on even channels, ``cos`` on odd ones.
     """
-    positions = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(-1)
+    positions = torch.arange(start, start + length, dtype=torch.float32, device=device).unsqueeze(-1)
     angles = positions * _inverse_frequencies(dim, device)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).unsqueeze(0).to(dtype)
 
@@ -198,6 +199,10 @@ class SequenceMixer:
     ``TransformerASR.encode`` adds a sinusoid for every attention type but RelPosMHAXL and
     hypermixing) and ``supported_masks`` (the ``attn_mask`` kinds it can honour: ``("causal",)`` or
     none); ``honours_attn_mask`` means it applies any mask itself (SpeechBrain's attention).
+    ``dynchunk_left_contexts`` holds the left contexts of SpeechBrain's ``DynChunkTrainConfig`` it honours
+    (of ``LEFT_CONTEXTS``: "limited", "unlimited"); a mixer that honours any takes
+    ``dynchunktrain_config=`` in its call and streams with ``make_streaming_context`` and
+    ``forward_streaming``.
     """
 
     mixer_name = "mixer"
@@ -205,6 +210,17 @@ class SequenceMixer:
     encoder_input_positions: Optional[str] = None
     supported_masks: tuple[str, ...] = ()
     honours_attn_mask = False
+    dynchunk_left_contexts: tuple[str, ...] = ()
+
+    def check_chunks(self, config, attn_mask: Optional[torch.Tensor]) -> None:
+        """Raises a ValueError naming the mixer for a ``DynChunkTrainConfig`` it cannot honour, or one given
+        beside an ``attn_mask`` or to a causal instance (chunks and causality are two streaming forms)."""
+        check_chunk_config(self.mixer_name, config, self.dynchunk_left_contexts)
+        if attn_mask is not None:
+            raise ValueError(f"{self.mixer_name}: give either an attn_mask or a dynchunktrain_config, not both")
+        if getattr(self, "causal", False):
+            raise ValueError(f"{self.mixer_name}: causal=True reads frames 0..t only; build it with causal=False "
+                             "to run in chunks")
 
     def check_call(
         self, query: torch.Tensor, attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor]
@@ -216,3 +232,68 @@ class SequenceMixer:
             return padding, False
         kind = attention_mask_kind(self.mixer_name, attn_mask, query.shape[1], supported=self.supported_masks)
         return padding, kind == "causal"
+
+
+# Left contexts of SpeechBrain's DynChunkTrainConfig a mixer may honour: a number of chunks, or all the past (None).
+LEFT_CONTEXTS = ("limited", "unlimited")
+
+
+def describe_chunks(config) -> str:
+    """``DynChunkTrainConfig(chunk_size=8, left_context_size=None)`` as "chunks of 8 frames, unlimited left context"."""
+    left = ("unlimited left context" if config.left_context_size is None
+            else f"a left context of {config.left_context_size} chunks")
+    return f"chunks of {config.chunk_size} frames, {left}"
+
+
+def check_chunk_config(owner: str, config, supported: tuple[str, ...]) -> None:
+    """Raises a ValueError naming ``owner`` when it cannot honour a SpeechBrain ``DynChunkTrainConfig``.
+
+    ``supported`` holds the left contexts it can honour (of ``LEFT_CONTEXTS``; empty: no chunked form).
+
+    Example
+    -------
+    >>> from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+    >>> check_chunk_config("hypermixing", DynChunkTrainConfig(8, 2), ())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: hypermixing cannot run in chunks (...): it has no chunked form; chunked mixers: fastformer, mamba, ...
+    """
+    check_sizes(owner, chunk_size=config.chunk_size)
+    left = config.left_context_size
+    if left is not None and (isinstance(left, bool) or not isinstance(left, int) or left < 0):
+        raise ValueError(f"{owner}: left_context_size must be None or an integer >= 0, got {left!r}")
+    kind = "unlimited" if left is None else "limited"
+    if kind in supported:
+        return
+    what = f"{owner} cannot run in chunks (dynchunktrain_config: {describe_chunks(config)})"
+    if not supported:
+        from speechbrain_ext.mixers import MIXERS  # the registry imports this module
+
+        capable = sorted(name for name, cls in MIXERS.items() if getattr(cls, "dynchunk_left_contexts", ()))
+        raise ValueError(f"{what}: it has no chunked form; chunked mixers: {', '.join(capable)}")
+    raise ValueError(f"{what}: it honours only {' and '.join(supported)} left context "
+                     "(left_context_size=None is unlimited)")
+
+
+def chunk_sums(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Sums of x (B, T, ...) over consecutive chunks of ``chunk_size`` frames from frame 0 (the last one
+    may be partial): (B, ceil(T / chunk_size), ...)."""
+    pad = -x.shape[1] % chunk_size
+    if pad:
+        x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
+    return x.unflatten(1, (-1, chunk_size)).sum(dim=2)
+
+
+def spread_chunks(per_chunk: torch.Tensor, chunk_size: int, length: int) -> torch.Tensor:
+    """Each chunk's value (B, C, ...) on each of its frames: (B, length, ...)."""
+    return per_chunk.repeat_interleave(chunk_size, dim=1)[:, :length]
+
+
+def window_sums(per_chunk: torch.Tensor, left_chunks: Optional[int]) -> torch.Tensor:
+    """For every chunk c, the sum of ``per_chunk`` (B, C, ...) over chunks c - left_chunks .. c (0 .. c when
+    None), in float64, so that differences of running sums lose nothing that matters."""
+    total = per_chunk.double().cumsum(dim=1)
+    shift = None if left_chunks is None else left_chunks + 1
+    if shift is None or shift >= total.shape[1]:
+        return total
+    return torch.cat([total[:, :shift], total[:, shift:] - total[:, :-shift]], dim=1)

@@ -87,13 +87,17 @@ class HyperMixing(nn.Module, SequenceMixer):
         attn_mask: Optional[torch.Tensor] = None,
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
         ``key`` and ``value`` are ignored (self-mixing only); an ``attn_mask`` that masks
-        anything raises (HyperMixing mixes the whole utterance: no causal form). ``pos_embs`` is
-        (1, T, E) from ``absolute_sinusoids``; computed here when None.
+        anything, or a ``dynchunktrain_config``, raises (HyperMixing mixes the whole utterance: the token-mixing
+        MLP's hidden units sum over every frame, and its weights are made from absolute positions, so it has no
+        causal or chunked form). ``pos_embs`` is (1, T, E) from ``absolute_sinusoids``; computed here when None.
         """
+        if dynchunktrain_config is not None:
+            self.check_chunks(dynchunktrain_config, attn_mask)
         key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
         batch, length, _ = query.shape
         x = query

@@ -17,13 +17,15 @@ per-utterance reversal here is a deliberate difference, not an option.
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 from torch import nn
 
-from speechbrain_ext.mixers._common import SequenceMixer, check_sizes
+from speechbrain_ext.mixers._common import SequenceMixer, check_padding_mask, check_sizes
 from speechbrain_ext.mixers.depthwise import depthwise_conv_time_major
 from speechbrain_ext.mixers.scan import selective_scan
 
@@ -131,9 +133,8 @@ class MambaBlock(nn.Module):
         inner, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D) each
         # Causal: d_conv - 1 frames of padding before, none after (the nn.Conv1d's padding, truncated).
         inner = self.act(depthwise_conv_time_major(inner, self.conv1d, left=self.conv1d.kernel_size[0] - 1))
-        dt, B, C = self.x_proj(inner).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta, B, C = self._scan_inputs(inner)
         inner, gate = inner.transpose(1, 2), gate.transpose(1, 2)  # (B, D, T), as the scans take them
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         scan = selective_scan
         # mamba_ssm's kernels do not export: torch.export traces the PyTorch scan.
         if self.use_cuda_kernels and x.is_cuda and not torch.compiler.is_exporting():
@@ -150,6 +151,95 @@ class MambaBlock(nn.Module):
             delta_softplus=True,
         )
         return self.out_proj(y.transpose(1, 2))
+
+    def _scan_inputs(self, inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step sizes (B, D, T) before their bias, and B, C (B, T, N) of the convolved input (B, T, D)."""
+        dt, B, C = self.x_proj(inner).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return (dt @ self.dt_proj.weight.t()).transpose(1, 2), B, C
+
+    def forward_streaming(
+        self, x: torch.Tensor, state: Optional["MambaState"] = None
+    ) -> tuple[torch.Tensor, "MambaState"]:
+        """:meth:`forward` of the next frames (B, K, E) of a stream, from the ``state`` the frames before them
+        left (None at the start): returns (B, K, E) and the state after them."""
+        inner, gate = self.in_proj(x).chunk(2, dim=-1)
+        keep = self.conv1d.kernel_size[0] - 1  # the causal convolution reads this many earlier frames
+        earlier = inner.new_zeros(x.shape[0], keep, inner.shape[-1]) if state is None else state.conv
+        window = torch.cat([earlier, inner], dim=1)
+        conv = F.conv1d(window.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv1d.groups)
+        inner = self.act(conv.transpose(1, 2))
+        delta, B, C = self._scan_inputs(inner)
+        y, ssm = selective_scan_stateful(
+            inner.transpose(1, 2), delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            state=None if state is None else state.ssm,
+        )
+        out = self.out_proj(y.transpose(1, 2).to(x.dtype))
+        return out, MambaState(conv=window[:, window.shape[1] - keep:], ssm=ssm)
+
+
+@dataclass
+class MambaState:
+    """What a :class:`MambaBlock` carries from frames to the next: the last ``d_conv - 1`` inputs of its causal
+    convolution (B, d_conv - 1, D) and the scan's state (B, D, N)."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+@dataclass
+class BidirectionalMambaStreamingContext:
+    """What :meth:`BidirectionalMamba.forward_streaming` carries from chunk to chunk: the forward direction's
+    state (the backward direction runs within each chunk and carries nothing)."""
+
+    forward_state: Optional[MambaState] = None
+
+
+def selective_scan_stateful(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`selective_scan` (same arguments) of a stretch of a longer sequence, from the state the stretch before
+    it ended with (``state`` (B, D, N), zeros when None): returns y (B, D, L) and the state after the stretch,
+    in float32 (float64 for float64 ``u``). For streaming, where a stretch is a few frames: one step at a time.
+
+    Example
+    -------
+    >>> u, delta, B, C = torch.randn(1, 4, 9), torch.rand(1, 4, 9), torch.randn(1, 2, 9), torch.randn(1, 2, 9)
+    >>> A = -torch.rand(4, 2)
+    >>> y1, h = selective_scan_stateful(u[..., :5], delta[..., :5], A, B[..., :5], C[..., :5])
+    >>> y2, _ = selective_scan_stateful(u[..., 5:], delta[..., 5:], A, B[..., 5:], C[..., 5:], state=h)
+    >>> torch.allclose(torch.cat([y1, y2], -1), selective_scan(u, delta, A, B, C), atol=1e-5)
+    True
+    """
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype).unsqueeze(-1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decays = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (B, D, L, N)
+    drives = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (B, D, L, N)
+    if state is None:
+        state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    outputs = []
+    for t in range(u.shape[2]):
+        state = decays[:, :, t] * state + drives[:, :, t]
+        outputs.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    y = torch.stack(outputs, dim=-1)
+    if D is not None:
+        y = y + u * D.to(dtype).unsqueeze(-1)
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y, state
 
 
 def reverse_valid_frames(x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -186,6 +276,12 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
         Forward direction only (no ``backward_block``; ``merge`` must be "add"): frame t reads
         frames 0..t, and a SpeechBrain causal ``attn_mask`` is accepted. A bidirectional
         instance raises on any attn_mask that masks something.
+
+    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig`` with unlimited left
+    context: the forward scan's state holds the whole past), the forward direction runs over the whole
+    sequence and the backward direction within each chunk, from the chunk's last valid frame.
+    :meth:`forward_streaming` carries the forward direction's state (scan and convolution) from chunk to
+    chunk, at a cost per chunk that does not grow with the stream.
     **block_kwargs
         Passed to both :class:`MambaBlock` (d_state, d_conv, expand, ...).
 
@@ -197,10 +293,14 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
     (torch.Size([2, 20, 32]), None)
     >>> BidirectionalMamba(32, causal=True)(x, x, x)[0].shape
     torch.Size([2, 20, 32])
+    >>> from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+    >>> BidirectionalMamba(32)(x, x, x, dynchunktrain_config=DynChunkTrainConfig(8, None))[0].shape
+    torch.Size([2, 20, 32])
     """
 
     pos_embs_kind = None
     encoder_input_positions = "absolute"
+    dynchunk_left_contexts = ("unlimited",)  # a causal instance: none (set in __init__)
 
     def __init__(
         self,
@@ -220,6 +320,7 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
         self.causal = causal
         self.mixer_name = "mamba (causal=True)" if causal else "mamba (bidirectional; causal=True for a causal mask)"
         self.supported_masks = ("causal",) if causal else ()
+        self.dynchunk_left_contexts = () if causal else ("unlimited",)
         self.norm = nn.RMSNorm(d_model, eps=norm_eps) if prenorm_residual else None
         self.forward_block = MambaBlock(d_model, **block_kwargs)
         self.backward_block = None if causal else MambaBlock(d_model, **block_kwargs)
@@ -233,28 +334,66 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
         attn_mask: Optional[torch.Tensor] = None,
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
-        None, or causal when built with ``causal=True``.
+        None, or causal when built with ``causal=True``; ``dynchunktrain_config`` mixes in chunks.
         """
-        key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
+        if dynchunktrain_config is not None:
+            self.check_chunks(dynchunktrain_config, attn_mask)
+            key_padding_mask = check_padding_mask(key_padding_mask, query)
+        else:
+            key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)
         x = query
         if key_padding_mask is not None:
             x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         inner = x if self.norm is None else self.norm(x)
         out = self.forward_block(inner)
         if self.backward_block is not None:
-            backward_out = reverse_valid_frames(
-                self.backward_block(reverse_valid_frames(inner, key_padding_mask)), key_padding_mask
-            )
-            if self.merge_proj is None:
-                out = out + backward_out
+            if dynchunktrain_config is None:
+                backward_out = reverse_valid_frames(
+                    self.backward_block(reverse_valid_frames(inner, key_padding_mask)), key_padding_mask
+                )
             else:
-                out = self.merge_proj(torch.cat([out, backward_out], dim=-1))
+                backward_out = self._backward_in_chunks(inner, key_padding_mask, dynchunktrain_config.chunk_size)
+            out = self._merge(out, backward_out)
         if self.norm is not None:
             out = out + x
         if key_padding_mask is not None:
             out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         return out, None
+
+    def make_streaming_context(self, dynchunktrain_config) -> BidirectionalMambaStreamingContext:
+        """A blank context for :meth:`forward_streaming` in chunks of ``dynchunktrain_config``."""
+        self.check_chunks(dynchunktrain_config, None)
+        return BidirectionalMambaStreamingContext()
+
+    def forward_streaming(self, x: torch.Tensor, context: BidirectionalMambaStreamingContext) -> torch.Tensor:
+        """Mixes one chunk (B, K, E) from the forward state of the earlier chunks in ``context`` (updated): the
+        chunk's frames of the chunked forward over the whole stream."""
+        inner = x if self.norm is None else self.norm(x)
+        out, context.forward_state = self.forward_block.forward_streaming(inner, context.forward_state)
+        out = self._merge(out, self.backward_block(inner.flip(1)).flip(1))
+        return out + x if self.norm is not None else out
+
+    def _merge(self, forward_out: torch.Tensor, backward_out: torch.Tensor) -> torch.Tensor:
+        if self.merge_proj is None:
+            return forward_out + backward_out
+        return self.merge_proj(torch.cat([forward_out, backward_out], dim=-1))
+
+    def _backward_in_chunks(
+        self, inner: torch.Tensor, key_padding_mask: Optional[torch.Tensor], chunk_size: int
+    ) -> torch.Tensor:
+        """The backward direction run within each chunk of ``chunk_size`` frames (the chunks as a batch),
+        from each chunk's last valid frame: (B, T, E)."""
+        batch, length, width = inner.shape
+        pad = -length % chunk_size
+        padding = torch.zeros(batch, length, dtype=torch.bool, device=inner.device)
+        if key_padding_mask is not None:
+            padding = key_padding_mask
+        padding = F.pad(padding, (0, pad), value=True).reshape(-1, chunk_size)
+        chunks = F.pad(inner, (0, 0, 0, pad)).reshape(-1, chunk_size, width)
+        out = reverse_valid_frames(self.backward_block(reverse_valid_frames(chunks, padding)), padding)
+        return out.reshape(batch, -1, width)[:, :length]

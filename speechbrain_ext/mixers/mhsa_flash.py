@@ -67,7 +67,10 @@ class FlashMHSA(RoPEMHA, SequenceMixer):
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
         return_attn_weights: bool = True,
+        dynchunktrain_config=None,
     ) -> tuple[torch.Tensor, None]:
+        if dynchunktrain_config is not None:  # no chunked form here: a chunk mask would keep SDPA off its kernels
+            self.check_chunks(dynchunktrain_config, attn_mask)
         padding, _ = self.check_call(query, attn_mask, key_padding_mask)
         batch, length, _ = query.shape
         # Self-attention over ``query``, like every mixer: (B, T, H, 3 * head_dim) -> q, k, v.

@@ -18,17 +18,23 @@ make f and s single layers, and ``combine="add"`` has c read ``f(x_t) + s̄``.
 """
 
 import math
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from speechbrain_ext.mixers._common import (
+    LEFT_CONTEXTS,
     SequenceMixer,
     causal_mean,
     check_heads,
+    check_padding_mask,
+    chunk_sums,
     resolve_activation,
+    spread_chunks,
     valid_frames,
+    window_sums,
 )
 
 MODES = ("full", "lite")
@@ -121,6 +127,11 @@ class SummaryMixing(nn.Module, SequenceMixer):
         utterance (streaming). A SpeechBrain causal ``attn_mask`` (``get_lookahead_mask``) turns
         this on for one call; any other mask raises.
 
+    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig``), frame t reads the mean
+    of s over the valid frames of its chunk and of the allowed earlier chunks (all of them with
+    ``left_context_size=None``); :meth:`forward_streaming` computes the same chunk by chunk from running
+    sums and counts, at a cost per chunk that does not grow with the stream.
+
     Example
     -------
     >>> x = torch.rand(2, 50, 64)
@@ -133,12 +144,16 @@ class SummaryMixing(nn.Module, SequenceMixer):
     torch.Size([2, 50, 64])
     >>> SummaryMixing(64, nhead=4, causal=True)(x, x, x)[0].shape
     torch.Size([2, 50, 64])
+    >>> from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+    >>> SummaryMixing(64, nhead=4)(x, x, x, dynchunktrain_config=DynChunkTrainConfig(8, 2))[0].shape
+    torch.Size([2, 50, 64])
     """
 
     mixer_name = "summarymixing"
     pos_embs_kind = None
     encoder_input_positions = "absolute"
     supported_masks = ("causal",)
+    dynchunk_left_contexts = LEFT_CONTEXTS
 
     def __init__(
         self,
@@ -192,25 +207,66 @@ class SummaryMixing(nn.Module, SequenceMixer):
         attn_mask: Optional[torch.Tensor] = None,
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
     ) -> tuple[torch.Tensor, None]:
         """Mixes the frames of ``query`` (B, T, E); returns ((B, T, E), None).
 
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
-        None or causal (see ``causal``).
+        None or causal (see ``causal``); ``dynchunktrain_config`` mixes in chunks.
         """
+        if dynchunktrain_config is not None:
+            self.check_chunks(dynchunktrain_config, attn_mask)
+            key_padding_mask = check_padding_mask(key_padding_mask, query)
+            return self._combine(query, self._chunk_summary(query, key_padding_mask, dynchunktrain_config)), None
         key_padding_mask, causal_mask = self.check_call(query, attn_mask, key_padding_mask)
         causal = self.causal or causal_mask
         summary = self._summarize(query, key_padding_mask, causal)  # (B, 1 or T, S)
+        return self._combine(query, summary), None
+
+    def make_streaming_context(self, dynchunktrain_config) -> "SummaryMixingStreamingContext":
+        """A blank context for :meth:`forward_streaming` in chunks of ``dynchunktrain_config``."""
+        self.check_chunks(dynchunktrain_config, None)
+        return SummaryMixingStreamingContext(dynchunktrain_config.left_context_size)
+
+    def forward_streaming(self, x: torch.Tensor, context: "SummaryMixingStreamingContext") -> torch.Tensor:
+        """Mixes one chunk (B, C, E) given the sums of the earlier chunks in ``context`` (updated): the
+        chunk's frames of the chunked forward over the whole stream."""
+        per_frame = self.summary(x)
+        chunk_sum = per_frame.sum(dim=1, keepdim=True).double()
+        chunk_count = float(x.shape[1])
+        total = sum(context.sums, chunk_sum)
+        count = sum(context.counts, chunk_count)
+        if context.left_context_size is None:
+            context.sums, context.counts = [total], [count]
+        elif context.left_context_size > 0:
+            context.sums = [*context.sums, chunk_sum][-context.left_context_size:]
+            context.counts = [*context.counts, chunk_count][-context.left_context_size:]
+        return self._combine(x, (total / count).to(per_frame.dtype))
+
+    def _combine(self, query: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """c(f(x_t), summary_t) for summaries (B, 1 or T, S) not yet normalised: (B, T, E)."""
         if self.summary_norm is not None:
             summary = self.summary_norm(summary)
         if self.mode == "lite":
-            return self.combiner(summary).expand_as(query), None
+            return self.combiner(summary).expand_as(query)
         local = self.local(query)
         if self.local_norm is not None:
             local = self.local_norm(local)
         if self.combine == "add":
-            return self.combiner(local + summary), None
-        return self.combiner(torch.cat([local, summary.expand(-1, query.shape[1], -1)], dim=-1)), None
+            return self.combiner(local + summary)
+        return self.combiner(torch.cat([local, summary.expand(-1, query.shape[1], -1)], dim=-1))
+
+    def _chunk_summary(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor], config) -> torch.Tensor:
+        """Mean of s(x) over the valid frames of each frame's chunk and its allowed earlier chunks: (B, T, S)."""
+        per_frame = self.summary(x)
+        valid = torch.ones_like(per_frame[..., :1])
+        if key_padding_mask is not None:
+            per_frame = per_frame.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+            valid = valid.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
+        sums = window_sums(chunk_sums(per_frame, config.chunk_size), config.left_context_size)
+        counts = window_sums(chunk_sums(valid, config.chunk_size), config.left_context_size)
+        means = (sums / counts.clamp(min=1.0)).to(per_frame.dtype)
+        return spread_chunks(means, config.chunk_size, x.shape[1])
 
     def _summarize(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
         """Mean of s(x_t) over the valid frames: (B, T, E) -> (B, 1, S), or its running
@@ -223,3 +279,13 @@ class SummaryMixing(nn.Module, SequenceMixer):
             return per_frame.mean(dim=1, keepdim=True)
         count = valid.sum(dim=1, keepdim=True).clamp(min=1.0)
         return (per_frame * valid).sum(dim=1, keepdim=True) / count
+
+
+@dataclass
+class SummaryMixingStreamingContext:
+    """What :meth:`SummaryMixing.forward_streaming` carries from chunk to chunk: the float64 sums of s and
+    the frame counts of the earlier chunks it may read (one running total with unlimited left context)."""
+
+    left_context_size: Optional[int]
+    sums: list = field(default_factory=list)
+    counts: list = field(default_factory=list)

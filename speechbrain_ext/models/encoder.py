@@ -11,14 +11,22 @@ The defaults are the BEST-RQ paper's code (whettenr/speechbrain-fork, branch alt
 eps 1e-6 and the Swish activation (its Conformer's ``conformer_activation``, whatever the YAML's
 ``activation``). As in SpeechBrain, positions added to the encoder input belong to the model around
 it (``TransformerASR.encode``; ``SpeechEncoder``); ``input_positions="absolute"`` adds them here.
+
+Streaming, as SpeechBrain's ``ConformerEncoder``: ``forward(..., dynchunktrain_config=)`` trains in dynamic
+chunks (each mixer reads a frame's chunk and the allowed earlier chunks, the convolution module sees no frame
+after the chunk: Dynamic Chunk Convolution), and ``forward_streaming(chunk, context)`` with a context from
+``make_streaming_context(config)`` gives the same outputs chunk by chunk, each layer carrying its mixer's
+state and the convolution's left frames.
 """
 
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
+from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
 from speechbrain.nnet.attention import PositionalwiseFeedForward
 from speechbrain.nnet.normalization import LayerNorm
 from torch import nn
@@ -26,6 +34,7 @@ from torch import nn
 from speechbrain_ext.mixers import build_mixer, causal_mixer_kwargs
 from speechbrain_ext.mixers._common import (
     absolute_sinusoids,
+    check_chunk_config,
     check_padding_mask,
     check_sizes,
     relative_sinusoids,
@@ -46,15 +55,20 @@ def positional_embeddings(kind: Optional[str], x: torch.Tensor) -> Optional[torc
 
 
 def masked_convolution(
-    module: ConvolutionModule, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
+    module: ConvolutionModule, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+    chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """SpeechBrain's Conformer convolution module with padding zeroed before the depthwise conv.
 
     ``ConvolutionModule.forward`` masks only its output, so the last valid frames would read
     the (non-zero) bottleneck output of padded frames through the kernel: an utterance would
-    encode differently alone and beside a longer one.
+    encode differently alone and beside a longer one. With ``chunk_size``, no output frame reads a
+    frame after the end of its chunk (SpeechBrain's Dynamic Chunk Convolution, ``ConvolutionModule``
+    with a ``dynchunktrain_config``).
     """
     pointwise, glu = module.bottleneck
+    if chunk_size is not None and (module.causal or module.dilation != 1 or not isinstance(glu, nn.GLU)):
+        raise ValueError("chunked convolution needs a non-causal ConvolutionModule with dilation 1 (as SpeechBrain's)")
     if module.dilation != 1 or not isinstance(glu, nn.GLU):  # SpeechBrain's own layout
         out = module.bottleneck(module.layer_norm(x).transpose(1, 2))  # (B, E, T)
         if key_padding_mask is not None:
@@ -71,11 +85,28 @@ def masked_convolution(
             out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         # SpeechBrain pads `padding` frames on both sides (then cuts the causal output's end): the
         # output at t reads from t - padding on.
-        out = depthwise_conv_time_major(out, module.conv, left=module.padding)
+        if chunk_size is None:
+            out = depthwise_conv_time_major(out, module.conv, left=module.padding)
+        else:
+            out = chunked_depthwise_conv(out, module.conv, module.padding, chunk_size)
     out = module.after_conv(out)
     if key_padding_mask is not None:
         out = out.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
     return out
+
+
+def chunked_depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, padding: int, chunk_size: int) -> torch.Tensor:
+    """A depthwise convolution of x (B, T, D) whose output at t reads frames t - padding .. t + padding, with
+    zeros for frames after the end of t's chunk (and before frame 0): (B, T, D).
+
+    The chunks, each with its ``padding`` earlier frames, go through ``F.conv1d`` as a batch, as in
+    SpeechBrain's ``ConvolutionModule`` with a ``dynchunktrain_config``.
+    """
+    batch, length, _ = x.shape
+    out = F.pad(x.transpose(1, 2), (padding, -length % chunk_size))  # (B, D, padding + T')
+    windows = F.pad(out.unfold(2, chunk_size + padding, chunk_size), (0, padding))  # (B, D, n, K + 2 padding)
+    out = F.conv1d(windows.transpose(1, 2).flatten(0, 1), conv.weight, conv.bias, groups=conv.groups)
+    return out.unflatten(0, (batch, -1)).transpose(2, 3).flatten(1, 2)[:, :length]
 
 
 def check_encoder_options(
@@ -174,9 +205,12 @@ class MixerConformerLayer(nn.Module):
         key_padding_mask: Optional[torch.Tensor] = None,
         pos_embs: Optional[torch.Tensor] = None,
         attn_mask: Optional[torch.Tensor] = None,
+        dynchunktrain_config=None,
     ) -> torch.Tensor:
         """(B, T, E) -> (B, T, E); ``key_padding_mask`` (B, T) is True at padded frames;
-        ``attn_mask`` (T, T) is passed to the mixer (which honours it or raises).
+        ``attn_mask`` (T, T) is passed to the mixer (which honours it or raises);
+        ``dynchunktrain_config`` (SpeechBrain's ``DynChunkTrainConfig``) runs the mixer and the convolution
+        in chunks.
 
         Padded frames are zeroed first: whatever they hold (inf, NaN, 1e30) then never reaches a valid frame
         (a zero attention weight times an infinite value is NaN).
@@ -185,12 +219,54 @@ class MixerConformerLayer(nn.Module):
             x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         x = x + 0.5 * self.ffn_module1(x)
         normed = self.norm1(x)
+        # Only a chunked call passes the keyword, so that any SpeechBrain attention layer can be the mixer.
+        chunks = {} if dynchunktrain_config is None else {"dynchunktrain_config": dynchunktrain_config}
         mixed, _ = self.mha_layer(
-            normed, normed, normed, attn_mask=attn_mask, key_padding_mask=key_padding_mask, pos_embs=pos_embs
+            normed, normed, normed, attn_mask=attn_mask, key_padding_mask=key_padding_mask, pos_embs=pos_embs,
+            **chunks,
         )
         x = x + self.drop(mixed)
-        x = x + masked_convolution(self.convolution_module, x, key_padding_mask)
+        chunk_size = None if dynchunktrain_config is None else dynchunktrain_config.chunk_size
+        x = x + masked_convolution(self.convolution_module, x, key_padding_mask, chunk_size)
         return self.norm2(x + 0.5 * self.ffn_module2(x))
+
+    def make_streaming_context(self, dynchunktrain_config) -> "MixerConformerLayerStreamingContext":
+        """A blank streaming context for this block: its mixer's, and the convolution's left frames."""
+        return MixerConformerLayerStreamingContext(self.mha_layer.make_streaming_context(dynchunktrain_config))
+
+    def forward_streaming(self, x: torch.Tensor, context: "MixerConformerLayerStreamingContext") -> torch.Tensor:
+        """One chunk (B, K, E) -> (B, K, E), as :meth:`forward` in chunks computes it over the whole stream;
+        ``context`` is updated for the next chunk."""
+        x = x + 0.5 * self.ffn_module1(x)
+        x = x + self.drop(self.mha_layer.forward_streaming(self.norm1(x), context.mixer))
+        # The convolution reads `padding` earlier frames (whatever their chunk) and zeros after the chunk's end.
+        window = x if context.dcconv_left_context is None else torch.cat([context.dcconv_left_context, x], dim=1)
+        keep = self.convolution_module.padding
+        context.dcconv_left_context = window[:, max(window.shape[1] - keep, 0):] if keep > 0 else None
+        x = x + masked_convolution(self.convolution_module, window, None)[:, window.shape[1] - x.shape[1]:]
+        return self.norm2(x + 0.5 * self.ffn_module2(x))
+
+
+@dataclass
+class MixerConformerLayerStreamingContext:
+    """Streaming state of one :class:`MixerConformerLayer` (SpeechBrain's
+    ``ConformerEncoderLayerStreamingContext``): its mixer's context (running sums, pooling states, scan state
+    or attention left context) and the convolution module's left frames."""
+
+    mixer: Any
+    dcconv_left_context: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MixerConformerEncoderStreamingContext:
+    """Streaming state of a :class:`MixerConformerEncoder` (SpeechBrain's ``ConformerEncoderStreamingContext``):
+    the chunk configuration, every layer's context, the frames streamed so far (the positions of the next
+    chunk) and whether a short chunk has ended the stream."""
+
+    dynchunktrain_config: Any
+    layers: list = field(default_factory=list)
+    frames: int = 0
+    ended: bool = False
 
 
 class MixerConformerEncoder(nn.Module):
@@ -234,7 +310,8 @@ class MixerConformerEncoder(nn.Module):
     causal : bool
         Streaming encoder: causal mixers (``causal=True`` for those that have the option, a causal
         ``attn_mask`` for ``mhsa``) and causal convolutions, as SpeechBrain's ``causal=True``.
-        A mixer with no causal form raises here.
+        A mixer with no causal form raises here. The other streaming form is dynamic chunks
+        (``dynchunktrain_config``, on a non-causal encoder).
 
     Called like SpeechBrain's ``ConformerEncoder`` (so it can be ``TransformerASR.encoder``):
     ``forward(src, src_mask=None, src_key_padding_mask=None, pos_embs=None, dynchunktrain_config=None)``
@@ -249,6 +326,17 @@ class MixerConformerEncoder(nn.Module):
     >>> out.shape, len(hidden)
     (torch.Size([3, 20, 64]), 3)
     >>> out, attentions = enc(torch.rand(3, 20, 64), output_hidden_states=False)
+
+    In chunks, then streaming chunk by chunk with the same outputs:
+
+    >>> from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+    >>> enc = enc.eval()
+    >>> x, config = torch.rand(1, 20, 64), DynChunkTrainConfig(chunk_size=8, left_context_size=1)
+    >>> chunked, _ = enc(x, dynchunktrain_config=config, output_hidden_states=False)
+    >>> context = enc.make_streaming_context(config)
+    >>> streamed = torch.cat([enc.forward_streaming(x[:, i:i + 8], context)[0] for i in (0, 8, 16)], dim=1)
+    >>> torch.allclose(streamed, chunked, atol=1e-5)
+    True
     """
 
     def __init__(
@@ -323,9 +411,12 @@ class MixerConformerEncoder(nn.Module):
         pos_embs : torch.Tensor, optional
             Positions for the mixers (what ``TransformerASR`` computes for its attention type);
             computed here for the mixer's ``pos_embs_kind`` when None. Must match that kind's shape.
-        dynchunktrain_config : optional
-            Dynamic chunk training is not supported (the mixers honour full or causal context only):
-            anything but None raises.
+        dynchunktrain_config : DynChunkTrainConfig, optional
+            SpeechBrain's dynamic chunk configuration (chunk size in frames, left context in chunks): every
+            mixer reads a frame's chunk and the allowed earlier chunks, and the convolution module nothing
+            after the chunk. A mixer that cannot honour it raises (``dynchunk_left_contexts``), so does a
+            causal encoder. ``src_mask`` must then be None or SpeechBrain's chunk mask for it (what
+            ``TransformerASR.encode`` passes).
         output_hidden_states : bool, optional
             None uses the constructor's setting.
 
@@ -339,11 +430,6 @@ class MixerConformerEncoder(nn.Module):
             Only with ``output_hidden_states``: the block input and each block's output
             (num_layers + 1 tensors of shape (B, T, E); a block skipped by LayerDrop repeats its input).
         """
-        if dynchunktrain_config is not None:
-            raise ValueError(
-                "MixerConformerEncoder does not support dynamic chunk training (dynchunktrain_config): "
-                "its mixers honour full-context or causal masks only; use causal=True for streaming"
-            )
         length = src.shape[1]
         if src_mask is not None and tuple(src_mask.shape[-2:]) != (length, length):
             raise ValueError(
@@ -351,6 +437,14 @@ class MixerConformerEncoder(nn.Module):
                 f"{tuple(src_mask.shape)}; pass the (B, T) padding mask as src_key_padding_mask= "
                 "(SpeechBrain's ConformerEncoder argument order)"
             )
+        if dynchunktrain_config is not None:
+            self.check_chunks(dynchunktrain_config)
+            if src_mask is not None:
+                chunk_mask = make_transformer_src_mask(src, dynchunktrain_config=dynchunktrain_config)
+                if not torch.equal(src_mask.to(torch.bool), chunk_mask):
+                    raise ValueError("MixerConformerEncoder: with a dynchunktrain_config, src_mask must be None or "
+                                     "SpeechBrain's chunk mask for it (the mixers apply the chunks themselves)")
+                src_mask = None
         src_key_padding_mask = check_padding_mask(src_key_padding_mask, src)
         if self.input_positions == "absolute":
             src = src + absolute_sinusoids(src.shape[1], src.shape[2], src.device, src.dtype)
@@ -368,10 +462,52 @@ class MixerConformerEncoder(nn.Module):
             skipped = layerdrop_decisions(len(self.layers), self.layerdrop_prob)
         for layer, skip in zip(self.layers, skipped):
             if not skip:
-                x = layer(x, src_key_padding_mask, pos_embs, attn_mask=src_mask)
+                x = layer(x, src_key_padding_mask, pos_embs, src_mask, dynchunktrain_config)
                 attentions.append(None)
             if hidden is not None:
                 hidden.append(x)
         if hidden is not None:
             return self.norm(x), attentions, hidden
         return self.norm(x), attentions
+
+    def check_chunks(self, dynchunktrain_config) -> None:
+        """A ValueError when this encoder cannot run in the chunks of ``dynchunktrain_config`` (a causal encoder,
+        or a mixer without that chunked form: see each mixer's ``dynchunk_left_contexts``)."""
+        if self.causal:
+            raise ValueError("MixerConformerEncoder(causal=True) cannot also run in chunks (dynchunktrain_config): "
+                             "build it with causal=False for dynamic chunk training")
+        mixer = self.layers[0].mha_layer
+        check_chunk_config(getattr(mixer, "mixer_name", type(mixer).__name__), dynchunktrain_config,
+                           getattr(mixer, "dynchunk_left_contexts", ()))
+
+    def make_streaming_context(self, dynchunktrain_config) -> MixerConformerEncoderStreamingContext:
+        """A blank streaming context for chunks of ``dynchunktrain_config`` (SpeechBrain's name and argument)."""
+        self.check_chunks(dynchunktrain_config)
+        layers = [layer.make_streaming_context(dynchunktrain_config) for layer in self.layers]
+        return MixerConformerEncoderStreamingContext(dynchunktrain_config, layers)
+
+    def forward_streaming(
+        self, src: torch.Tensor, context: MixerConformerEncoderStreamingContext, pos_embs: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, list]:
+        """Encodes the next chunk (B, K, E) of a stream (SpeechBrain's ``ConformerEncoder.forward_streaming``):
+        the frames :meth:`forward` with ``context.dynchunktrain_config`` gives them over the whole stream.
+
+        Every chunk has ``chunk_size`` frames but the last, which may be shorter and ends the stream.
+        ``pos_embs`` is accepted for SpeechBrain's call and not read: each mixer computes its positions.
+        Returns (out (B, K, E), one None per layer).
+        """
+        chunk_size = context.dynchunktrain_config.chunk_size
+        if context.ended:
+            raise ValueError("MixerConformerEncoder.forward_streaming: a chunk shorter than chunk_size ended this "
+                             "stream; start another with make_streaming_context")
+        if not 1 <= src.shape[1] <= chunk_size:
+            raise ValueError(f"MixerConformerEncoder.forward_streaming: a chunk has 1 to chunk_size={chunk_size} "
+                             f"frames, got {src.shape[1]}")
+        context.ended = src.shape[1] < chunk_size
+        x = src
+        if self.input_positions == "absolute":
+            x = x + absolute_sinusoids(x.shape[1], x.shape[2], x.device, x.dtype, start=context.frames)
+        for layer, layer_context in zip(self.layers, context.layers):
+            x = layer.forward_streaming(x, layer_context)
+        context.frames += src.shape[1]
+        return self.norm(x), [None] * len(self.layers)

@@ -21,6 +21,7 @@ from torch import nn
 
 from speechbrain_ext.files import atomic_writer
 from speechbrain_ext.mixers import resolve_mixer
+from speechbrain_ext.models import streaming
 from speechbrain_ext.models.dropout import use_fast_dropout
 from speechbrain_ext.models.encoder import MixerConformerEncoder, check_encoder_options
 from speechbrain_ext.models.front_end import FastConvolutionFrontEnd
@@ -236,21 +237,41 @@ class SpeechEncoder(nn.Module):
         return F.pad(feats, (0, 0, 0, pad)), lengths
 
     def encode(
-        self, feats: torch.Tensor, lengths: torch.Tensor, output_hidden_states: bool = False
+        self, feats: torch.Tensor, lengths: torch.Tensor, output_hidden_states: bool = False,
+        dynchunktrain_config=None,
     ) -> EncoderOutput:
-        """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row."""
+        """Encodes normalised fbank (B, T, n_mels) with ``lengths`` valid frames per row; in the chunks of
+        SpeechBrain's ``dynchunktrain_config`` (encoder frames) when one is given."""
         x = self.front_end(feats)  # (B, T/4, n_mels/4, C)
         x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
-        outputs = self.encoder(x, src_key_padding_mask=padding_mask, output_hidden_states=output_hidden_states)
+        outputs = self.encoder(x, src_key_padding_mask=padding_mask, output_hidden_states=output_hidden_states,
+                               dynchunktrain_config=dynchunktrain_config)
         out, hidden = outputs[0], (outputs[2] if output_hidden_states else None)
         return EncoderOutput(out, hidden, padding_mask)
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False) -> EncoderOutput:
-        """Waveforms (B, S) with relative lengths (B,) to encoder frames."""
+    def forward(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, output_hidden_states: bool = False,
+        dynchunktrain_config=None,
+    ) -> EncoderOutput:
+        """Waveforms (B, S) with relative lengths (B,) to encoder frames (in chunks with ``dynchunktrain_config``)."""
         feats, lengths = self.features(wavs, wav_lens)
-        return self.encode(feats, lengths, output_hidden_states)
+        return self.encode(feats, lengths, output_hidden_states, dynchunktrain_config)
+
+    def make_streaming_context(self, dynchunktrain_config) -> streaming.SpeechEncoderStreamingContext:
+        """A blank context for :meth:`forward_streaming` in the chunks of ``dynchunktrain_config`` (encoder
+        frames of 40 ms); needs global normalisation."""
+        return streaming.make_streaming_context(self, dynchunktrain_config)
+
+    def forward_streaming(
+        self, wavs: torch.Tensor, context: streaming.SpeechEncoderStreamingContext, final: bool = False
+    ) -> torch.Tensor:
+        """Streams audio: the next samples (B, S) of a stream, any S, in; the encoder frames (B, K, E) they
+        complete out (K may be 0); ``final=True`` ends the stream and returns the rest. All the frames of a
+        stream equal :meth:`forward` of the whole recording with the context's ``dynchunktrain_config``, in
+        eval mode (:mod:`speechbrain_ext.models.streaming`)."""
+        return streaming.forward_streaming(self, wavs, context, final)
 
     def save_pretrained(self, folder: str | Path, card: dict | None = None) -> Path:
         """Writes the weights and the settings that rebuild this encoder into ``folder``, with a
