@@ -64,9 +64,12 @@ setup(
         "mamba": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # KenLM n-gram language models in the MP3S ASR beam search (SpeechBrain's scorer needs pygtrie).
         "lm": ["kenlm>=0.2", "pygtrie>=2.5"],
+        # python -m speechbrain_ext.export --format onnx (torch.onnx.export(dynamo=True) needs onnxscript);
+        # onnxruntime runs the exported model.
+        "onnx": ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.20"],
         # kenlm compiles from source (about 2 minutes on 2 cores): the LM decoding test runs rather than skips.
         "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "tensorboard>=2.15", "kenlm>=0.2", "pygtrie>=2.5",
-                "numba>=0.60"],
+                "numba>=0.60", "onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
     cmdclass={"build_py": BuildWithRecipes},
 )
