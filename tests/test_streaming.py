@@ -266,3 +266,56 @@ def test_speechbrains_sampler_drives_the_chunks():
         assert 2 <= config.chunk_size <= 6
         encoder(torch.randn(1, T, D), dynchunktrain_config=config)
     assert sampler(Stage.VALID) is None and sampler(Stage.TEST) is None
+
+
+def test_the_exported_encoder_streams(tmp_path):
+    """MixerEncoder (an exported folder) streams: encode_stream equals the chunked encode of the whole recording."""
+    from speechbrain_ext.inference import MixerEncoder
+
+    speech_encoder = SpeechEncoder("summarymixing", num_layers=2, d_model=D, d_ffn=64, nhead=H,
+                                   mixer_kwargs=SMALL_MIXER_KWARGS["summarymixing"])
+    speech_encoder.normalize.mean.normal_()
+    folder = speech_encoder.save_pretrained(tmp_path / "encoder")
+    encoder = MixerEncoder.from_hparams(source=str(folder))
+    config = DynChunkTrainConfig(4, 2)
+    assert encoder.get_chunk_size_frames(config) == 4 * 640
+    wav = torch.randn(1, 24000)
+    with torch.no_grad():
+        reference = encoder.mods.encoder(wav, torch.ones(1), dynchunktrain_config=config).out
+    torch.testing.assert_close(encoder.encode_stream(wav, config), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder.encode_stream(wav[0], config, piece=999), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", CHUNKED)
+def test_streaming_recipe_trains_exports_and_the_export_streams(mixer, tmp_path):
+    """hparams/base/streaming/<mixer>.yaml trains a few steps on the toy corpus (every batch in chunks), exports,
+    and the exported encoder streams as it encodes in chunks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from speechbrain_ext.data.toy import write_toy_librispeech
+    from speechbrain_ext.inference import MixerEncoder
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "LibriSpeech" / "BEST-RQ"
+    corpus = write_toy_librispeech(tmp_path / "toy", splits=("train-clean-100", "dev-clean"), speakers_per_split=1,
+                                   chapters_per_speaker=1, utterances_per_chapter=3, seed=3)
+    out = tmp_path / "out"
+    tiny = ["--d_model=32", "--num_encoder_layers=1", "--d_ffn=64", "--nhead=4", "--cb_vocab=64", "--precision=fp32",
+            "--num_workers=0", "--seconds_per_batch=12", "--num_buckets=2", "--grad_accumulation_factor=1",
+            "--avoid_if_shorter_than=1.0", "--log_interval=1", "--warmup_steps=10", "--number_of_epochs=1",
+            "--optimizer_step_limit=2", "--train_splits=[train-clean-100]", "--valid_splits=[dev-clean]",
+            "--chunkwise_prob=1.0", "--chunk_size_min=2", "--chunk_size_max=5", "--left_context_chunks_min=1",
+            "--left_context_chunks_max=3"]
+    result = subprocess.run([sys.executable, str(recipe / "train.py"), str(recipe / "hparams/base/streaming" /
+                             f"{mixer}.yaml"), f"--data_folder={corpus}", f"--output_folder={out}", *tiny],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "optimizer step: 2" in (out / "train_log.txt").read_text()
+    encoder = MixerEncoder.from_hparams(source=str(out / "encoder"))
+    config = DynChunkTrainConfig(4, 2 if mixer in LIMITED else None)
+    wav = torch.randn(1, 20000)
+    with torch.no_grad():
+        reference = encoder.mods.encoder(wav, torch.ones(1), dynchunktrain_config=config).out
+    torch.testing.assert_close(encoder.encode_stream(wav, config, piece=1234), reference, atol=1e-5, rtol=0)

@@ -138,15 +138,16 @@ class BestRQ(nn.Module):
         """The training epoch, for the encoder's global normalisation (a no-op otherwise)."""
         self.speech_encoder.set_epoch(epoch)
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> BestRQOutput:
-        """Waveforms (B, S) with relative lengths (B,) to the masked-prediction loss."""
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, dynchunktrain_config=None) -> BestRQOutput:
+        """Waveforms (B, S) with relative lengths (B,) to the masked-prediction loss; the encoder runs in the
+        chunks of SpeechBrain's ``dynchunktrain_config`` when one is given (streaming pretraining)."""
         span = self.speech_encoder.frames_per_token
         feats, lengths = self.speech_encoder.features(wavs, wav_lens)
         batch, frames, n_mels = feats.shape
         targets = self.quantizer(feats.reshape(batch, frames // span, span * n_mels))  # (B, T', K)
         mask = compute_span_mask(lengths, frames, self.mask_prob, span, self.per_utterance_mask)
         noisy = apply_mask_noise(feats, mask, self.noise_std)
-        encoded = self.speech_encoder.encode(noisy, lengths).out
+        encoded = self.speech_encoder.encode(noisy, lengths, dynchunktrain_config=dynchunktrain_config).out
         # Spans are aligned to whole encoder frames, so one fbank frame in four decides.
         token_mask = mask[:, ::span]
         selected = encoded[token_mask]  # (M, E): only masked frames reach the heads

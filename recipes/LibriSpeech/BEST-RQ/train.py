@@ -48,10 +48,17 @@ class BestRQBrain(ResilientBrain):
     """
 
     def compute_forward(self, batch, stage):
-        """Masks the fbank frames, encodes them and predicts the targets (a ``BestRQOutput``)."""
+        """Masks the fbank frames, encodes them and predicts the targets (a ``BestRQOutput``).
+
+        With ``streaming: True`` the YAML's ``dynchunktrain_config_sampler`` draws the chunks of each training
+        batch (SpeechBrain's dynamic chunk training; its validation and test configurations, None: full context).
+        """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        return self.modules.model(wavs, wav_lens)
+        dynchunktrain_config = None
+        if getattr(self.hparams, "streaming", False):
+            dynchunktrain_config = self.hparams.dynchunktrain_config_sampler(stage)
+        return self.modules.model(wavs, wav_lens, dynchunktrain_config=dynchunktrain_config)
 
     def compute_objectives(self, outputs, batch, stage):
         """The loss on the masked frames; counts the correct predictions (and, in validation, the targets)."""
