@@ -133,5 +133,35 @@ class MixerEncoder(Pretrained):
         signal = read_audio_resampled(str(path), int(self.hparams.sample_rate))
         return self.encode_batch(signal.unsqueeze(0), torch.ones(1), **kwargs)
 
+    def make_streaming_context(self, dynchunktrain_config):
+        """A blank context to stream one recording (or a batch of recordings heard together) in the chunks of
+        SpeechBrain's ``DynChunkTrainConfig`` (chunk size in 40 ms encoder frames, left context in chunks)."""
+        return self.mods.encoder.make_streaming_context(dynchunktrain_config)
+
+    def get_chunk_size_frames(self, dynchunktrain_config) -> int:
+        """Audio samples per chunk of ``dynchunktrain_config`` (SpeechBrain's ``StreamingASR`` name)."""
+        encoder = self.mods.encoder
+        hop = encoder.compute_features.compute_STFT.hop_length  # samples per fbank frame
+        return dynchunktrain_config.chunk_size * encoder.frames_per_token * hop
+
+    def encode_chunk(self, context, chunk: torch.Tensor, final: bool = False) -> torch.Tensor:
+        """The encoder frames (B, K, E) that the next samples ``chunk`` (B, S) (or (S,)) of a stream complete,
+        K >= 0; ``final=True`` ends the stream and returns the rest. Any S: frames come out a chunk at a time."""
+        chunk = chunk.unsqueeze(0) if chunk.dim() == 1 else chunk
+        with torch.no_grad():
+            return self.mods.encoder.forward_streaming(chunk.to(self.device).float(), context, final=final)
+
+    def encode_stream(self, wavs: torch.Tensor, dynchunktrain_config, piece: Optional[int] = None) -> torch.Tensor:
+        """Encodes waveforms (B, S) (or (S,)) as a stream: fed in pieces of ``piece`` samples (one chunk when
+        None) through :meth:`encode_chunk`, frames (B, T, E) out; equal to :meth:`encode_batch` in the chunks of
+        ``dynchunktrain_config`` (``self.mods.encoder(wavs, wav_lens, dynchunktrain_config=...)``), whose
+        frame t never reads a later chunk."""
+        wavs = wavs.unsqueeze(0) if wavs.dim() == 1 else wavs
+        piece = piece or self.get_chunk_size_frames(dynchunktrain_config)
+        context = self.make_streaming_context(dynchunktrain_config)
+        outs = [self.encode_chunk(context, wavs[:, start:start + piece]) for start in range(0, wavs.shape[1], piece)]
+        outs.append(self.encode_chunk(context, wavs[:, :0], final=True))
+        return torch.cat(outs, dim=1)
+
     def forward(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.encode_batch(wavs, wav_lens)
