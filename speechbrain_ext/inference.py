@@ -11,8 +11,16 @@ An encoder folder written by BEST-RQ pretraining (``<output_folder>/encoder``, o
     every = encoder.encode_batch(wavs, wav_lens, output="all")    # (L, B, T, E)
     mixed = encoder.encode_batch(wavs, wav_lens, output="weighted", layer_weights=w)
 
+A recognizer fine-tuned by ``recipes/LibriSpeech/CTC`` (``<output_folder>/transcriber``) loads
+the same way and transcribes::
+
+    from speechbrain_ext.inference import MixerASR
+    asr = MixerASR.from_hparams(source="runs/ctc/transcriber")
+    text = asr.transcribe_file("speech.flac")
+    texts, tokens = asr.transcribe_batch(wavs, wav_lens)
+
 Files of any sampling rate and channel count are read with soundfile (SpeechBrain's
-``audio_io``), averaged to mono and resampled to the encoder's rate.
+``audio_io``), averaged to mono and resampled to the model's rate.
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from speechbrain.decoders import ctc_greedy_decode
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.fetching import LocalStrategy
+from torch import nn
 
+from speechbrain_ext.asr import CTCHead, encoder_features
 from speechbrain_ext.data.audio import read_audio_resampled
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
+from speechbrain_ext.mp3s.text import CharacterUnits
 
 OUTPUTS = ("last", "all", "weighted")
 
@@ -42,6 +54,33 @@ def load_encoder_weights(encoder: SpeechEncoder, path: Union[str, Path]) -> None
     state = torch.load(path, map_location="cpu", weights_only=True)
     encoder.load_state_dict(state, strict=True)
     encoder.set_epoch(math.inf)
+
+
+def build_head(config: dict) -> CTCHead:
+    """The CTC head of an exported recognizer, from its settings (``hyperparams.yaml`` calls this)."""
+    return CTCHead(**config)
+
+
+def load_module_weights(module: nn.Module, path: Union[str, Path]) -> None:
+    """Pretrainer hook: loads a module's weights strictly, with ``weights_only=True``."""
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+
+
+def load_tokenizer(tokenizer, path: Union[str, Path]) -> None:
+    """Pretrainer hook: the characters of a ``CTCTextEncoder`` (a plain-text file, no code runs)."""
+    tokenizer.load(path)
+    tokenizer.ignore_len()  # outputs past its characters read as nothing (CharacterUnits)
+
+
+def _read_in_place(source, savedir, kwargs: dict):
+    """``savedir`` for ``from_hparams``: a local folder is read in place (no copy, no link) without one; the
+    folder's ``hyperparams.yaml`` and ``encoder_config.json`` must describe the same encoder."""
+    if Path(str(source)).is_dir():
+        SpeechEncoder.read_config(source)  # the folder's two descriptions agree (or a clear error)
+        if savedir is None:
+            kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
+            savedir = source
+    return savedir
 
 
 class MixerEncoder(Pretrained):
@@ -70,11 +109,7 @@ class MixerEncoder(Pretrained):
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
         """SpeechBrain's ``from_hparams``; a local folder is read in place without ``savedir``, and its
         ``hyperparams.yaml`` must describe the encoder of its ``encoder_config.json``."""
-        if Path(str(source)).is_dir():
-            SpeechEncoder.read_config(source)  # the folder's two descriptions agree (or a clear error)
-            if savedir is None:
-                kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
-                savedir = source
+        savedir = _read_in_place(source, savedir, kwargs)
         return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
 
     @property
@@ -165,3 +200,68 @@ class MixerEncoder(Pretrained):
 
     def forward(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.encode_batch(wavs, wav_lens)
+
+
+class MixerASR(Pretrained):
+    """A fine-tuned CTC recognizer (``recipes/LibriSpeech/CTC``): waveforms or audio files to text.
+
+    The exported encoder, its CTC head on characters and greedy CTC decoding, as the recipe decodes. Load
+    with ``MixerASR.from_hparams(source=<output_folder>/transcriber)``; a local folder is read in place
+    unless ``savedir`` is given, and its weights always come from it (never from the working directory).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.dataio.encoder import CTCTextEncoder
+    >>> from speechbrain_ext.asr import export_recognizer
+    >>> tokenizer = CTCTextEncoder()
+    >>> tokenizer.insert_blank(index=0)
+    >>> tokenizer.update_from_iterable(list("AB "))
+    >>> encoder = SpeechEncoder("fastformer", num_layers=1, d_model=32, d_ffn=64, nhead=4)
+    >>> folder = export_recognizer(tempfile.mkdtemp(), encoder, CTCHead(32, 4, hidden_dim=16), tokenizer)
+    >>> asr = MixerASR.from_hparams(source=str(folder))
+    >>> texts, tokens = asr.transcribe_batch(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> len(texts), all(isinstance(text, str) for text in texts)
+    (2, True)
+    """
+
+    MODULES_NEEDED = ["encoder", "head"]
+    HPARAMS_NEEDED = ["sample_rate", "blank_index", "tokenizer"]
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
+        """SpeechBrain's ``from_hparams``; a local folder is read in place without ``savedir``."""
+        savedir = _read_in_place(source, savedir, kwargs)
+        return super().from_hparams(source, hparams_file=hparams_file, savedir=savedir, **kwargs)
+
+    def encode_batch(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC log-probabilities (B, T, V) of waveforms (B, S) at ``sample_rate`` with relative lengths (B,)
+        (all 1 when None), and the frames' relative lengths (B,)."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        wavs, wav_lens = wavs.to(self.device).float(), wav_lens.to(self.device)
+        layer_weights = getattr(self.mods, "layer_weights", None)
+        with torch.no_grad():
+            feats, lengths = encoder_features(self.mods.encoder, wavs, wav_lens, layer_weights)
+            return self.mods.head(feats).log_softmax(dim=-1), lengths
+
+    def transcribe_batch(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None
+                         ) -> tuple[list[str], list[list[int]]]:
+        """The text of each waveform (words separated by one space) and its decoded output indices."""
+        log_probs, lengths = self.encode_batch(wavs, wav_lens)
+        tokens = ctc_greedy_decode(log_probs.cpu(), lengths.cpu(), blank_id=int(self.hparams.blank_index))
+        units = CharacterUnits(self.hparams.tokenizer, log_probs.shape[-1])
+        return [" ".join(units.words(hyp)) for hyp in tokens], tokens
+
+    def transcribe_file(self, path: Union[str, Path]) -> str:
+        """The text of one audio file of any rate and channel count (averaged to mono, resampled).
+
+        A file holding samples that are not finite (NaN, inf) or absurd is a ValueError naming it."""
+        signal = read_audio_resampled(str(path), int(self.hparams.sample_rate))
+        return self.transcribe_batch(signal.unsqueeze(0), torch.ones(1))[0][0]
+
+    def forward(self, wavs: torch.Tensor, wav_lens: Optional[torch.Tensor] = None) -> list[str]:
+        return self.transcribe_batch(wavs, wav_lens)[0]

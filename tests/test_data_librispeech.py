@@ -206,3 +206,24 @@ def test_skip_prep_and_invalid_options(corpus, tmp_path):
         prepare_librispeech(corpus, save, splits=[])
     # A single split given as a string is one split, not its characters.
     assert list(prepare_librispeech(corpus, save, splits="dev-clean")) == ["dev-clean"]
+
+
+def test_librilight_limited_resource_splits_beside_librispeech(corpus, tmp_path):
+    """librilight-10h is all of librispeech_finetuning/ (1h/0..5 and 9h), librilight-1h its 1h/ folder."""
+    import shutil
+
+    chapters = sorted((corpus / "LibriSpeech" / "train-clean-100").glob("*/*"))
+    data = tmp_path / "data"
+    shutil.copytree(corpus / "LibriSpeech" / "dev-clean", data / "LibriSpeech" / "dev-clean")
+    limited = data / "librispeech_finetuning"
+    places = [limited / "1h" / "0" / "clean", limited / "1h" / "5" / "other", limited / "9h" / "clean"]
+    for chapter, place in zip(chapters, places):
+        shutil.copytree(chapter, place / chapter.parent.name / chapter.name)
+    ids = [sorted(f.name[:-5] for f in chapter.glob("*.flac")) for chapter in chapters[:3]]
+
+    csvs = prepare_librispeech(data, tmp_path / "save", splits=["librilight-10h", "librilight-1h", "dev-clean"])
+    assert [row["ID"] for row in read_csv(csvs["librilight-10h"])[1]] == sorted(ids[0] + ids[1] + ids[2])
+    assert [row["ID"] for row in read_csv(csvs["librilight-1h"])[1]] == sorted(ids[0] + ids[1])
+    assert read_csv(csvs["librilight-1h"])[1][0]["wrd"] and read_csv(csvs["dev-clean"])[1]
+    with pytest.raises(FileNotFoundError, match=r"librilight-1h: librispeech_finetuning/1h/ not found"):
+        prepare_librispeech(corpus, tmp_path / "other", splits=["librilight-1h"])

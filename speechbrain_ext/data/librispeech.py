@@ -6,6 +6,11 @@ Layout read: `LibriSpeech/<split>/<spk>/<chapter>/<spk>-<chapter>-<NNNN>.flac` w
 `<spk>-<chapter>.trans.txt` per chapter. Durations come from the file headers
 (`soundfile.info`), so preparation never decodes the audio.
 
+The Libri-light limited-resource training sets (https://github.com/facebookresearch/libri-light,
+`librispeech_finetuning.tgz`) are the splits `librilight-10h` (all of `librispeech_finetuning/`: `1h/0..5`
+and `9h`, clean and other) and `librilight-1h` (`librispeech_finetuning/1h`), read in the same layout
+from `librispeech_finetuning/` beside or inside `LibriSpeech/`.
+
 Authors
  * speechbrain_ext contributors
 """
@@ -39,6 +44,11 @@ SKIP_REASONS: tuple[str, ...] = (
     "missing_audio",  # a transcript line whose .flac does not exist
 )
 _OPTIONS_VERSION = 1
+#: Libri-light limited-resource splits: their folder inside `librispeech_finetuning/`'s parent.
+LIBRILIGHT_SPLITS: dict[str, str] = {
+    "librilight-10h": "librispeech_finetuning",
+    "librilight-1h": "librispeech_finetuning/1h",
+}
 
 
 def prepare_librispeech(
@@ -121,7 +131,10 @@ def prepare_librispeech(
         return csv_files
     check_prepare_options("LibriSpeech", splits, min_duration, max_duration, sample_rate)
 
-    root = _find_root(Path(data_folder), splits)
+    librilight = [split for split in splits if split in LIBRILIGHT_SPLITS]
+    root = _find_root(Path(data_folder), [split for split in splits if split not in librilight])
+    folders = {split: root / split for split in splits if split not in librilight}
+    folders.update({split: _find_librilight(Path(data_folder), split) for split in librilight})
     options = {
         "version": _OPTIONS_VERSION,
         "data_folder": os.path.abspath(root),
@@ -142,7 +155,7 @@ def prepare_librispeech(
     prepare_splits(
         splits,
         csv_files,
-        lambda split: _scan_split(root / split, min_duration, max_duration, sample_rate),
+        lambda split: _scan_split(folders[split], min_duration, max_duration, sample_rate),
         CSV_HEADER,
         "LibriSpeech",
         "utterance",
@@ -152,7 +165,7 @@ def prepare_librispeech(
         options=options,
         logger=logger,
         skipped_unit="file",
-        where=lambda split: f" in {root / split}",
+        where=lambda split: f" in {folders[split]}",
         none_skipped="none found",
     )
     return csv_files
@@ -170,6 +183,18 @@ def _find_root(data_folder: Path, splits: list[str]) -> Path:
         f"LibriSpeech split folder(s) {missing} not found in {root}. data_folder must be the "
         f"folder that contains LibriSpeech/ or the LibriSpeech/ folder itself, laid out as "
         f"LibriSpeech/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac"
+    )
+
+
+def _find_librilight(data_folder: Path, split: str) -> Path:
+    """The folder of a Libri-light limited-resource split, in `data_folder` or its `LibriSpeech/`."""
+    for base in (data_folder, data_folder / "LibriSpeech", data_folder.parent):
+        if (base / LIBRILIGHT_SPLITS[split]).is_dir():
+            return base / LIBRILIGHT_SPLITS[split]
+    raise FileNotFoundError(
+        f"{split}: {LIBRILIGHT_SPLITS[split]}/ not found in {data_folder} (nor in its LibriSpeech/). Extract "
+        "Libri-light's librispeech_finetuning.tgz there: librispeech_finetuning/{1h/0..5,9h}/{clean,other}/"
+        "<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac"
     )
 
 
