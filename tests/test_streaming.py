@@ -319,3 +319,25 @@ def test_streaming_recipe_trains_exports_and_the_export_streams(mixer, tmp_path)
     with torch.no_grad():
         reference = encoder.mods.encoder(wav, torch.ones(1), dynchunktrain_config=config).out
     torch.testing.assert_close(encoder.encode_stream(wav, config, piece=1234), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_bench_streaming_mode_runs_on_the_cpu_and_writes_its_table(tmp_path):
+    """``python -m speechbrain_ext.bench --protocol streaming``: a point per mixer and stream length, the linear
+    mixers' carried state the same size at every length, unlimited attention's growing, a too-large one not run."""
+    import json
+
+    from speechbrain_ext.bench.speed_memory import main
+
+    points = main(["--protocol", "streaming", "--layers", "1", "--chunk", "4", "--stream-seconds", "1", "10", "60",
+                   "--repeats", "1", "--max-scores-gib", "0.05", "--output", str(tmp_path)])
+    assert len(points) == 6 * 3
+    table = (tmp_path / "results.md").read_text()
+    assert "| summarymixing:32 |" in table and "10 s: ms/chunk (RTF), state MiB" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["command"].startswith("python -m speechbrain_ext.bench --protocol streaming")
+    by = {(p["mixer"], p["stream_seconds"]): p for p in points}
+    for name in ("summarymixing", "fastformer", "mamba", "summarymixing:32"):
+        assert by[name, 1]["state_mib"] == by[name, 60]["state_mib"] and by[name, 60]["rtf"] > 0
+    assert by["mhsa", 10]["state_mib"] > 5 * by["mhsa", 1]["state_mib"]
+    assert "not run" in by["mhsa", 60]["error"] and "not run" in table

@@ -5,8 +5,9 @@
     python -m speechbrain_ext.bench --protocol paper ...
 
 ``--protocol paper`` is the protocol of the paper's Figure 1 (the authors' ``memory_test_v2.py``: training
-mode, autograd on, fp16, the mean of 10 calls): :mod:`speechbrain_ext.bench.paper_protocol`. This module is
-``--protocol inference``, the default, described below.
+mode, autograd on, fp16, the mean of 10 calls): :mod:`speechbrain_ext.bench.paper_protocol`;
+``--protocol streaming`` the cost of one chunk against stream length: :mod:`speechbrain_ext.bench.streaming`.
+This module is ``--protocol inference``, the default, described below.
 
 The model is the one the paper times: SpeechBrain's CNN front-end, the 12 (base) or 24 (large)
 layer Conformer of each mixer at its equalised width, and a Linear(8192) head, on fbank input
@@ -333,7 +334,7 @@ def plot_results(points: list[Point], path: Path) -> None:
     plt.close(figure)
 
 
-PROTOCOLS = ("inference", "paper")
+PROTOCOLS = ("inference", "paper", "streaming")
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -347,10 +348,15 @@ def main(argv: list[str] | None = None) -> list:
         from speechbrain_ext.bench import paper_protocol
 
         return paper_protocol.main(rest, command)
+    if chosen.protocol == "streaming":
+        from speechbrain_ext.bench import streaming
+
+        return streaming.main(rest, command)
     gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="inference",
-                        help="inference (this sweep) or paper (Figure 1's protocol: --protocol paper --help)")
+                        help="inference (this sweep), paper (Figure 1's protocol: --protocol paper --help) or "
+                             "streaming (cost per chunk against stream length: --protocol streaming --help)")
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS) + list(STOCK),
                         help=f"ours ({', '.join(MIXERS)}) and SpeechBrain's ({', '.join(STOCK)})")
     parser.add_argument("--size", choices=sorted(LAYERS), default="base")
