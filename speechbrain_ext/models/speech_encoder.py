@@ -246,8 +246,10 @@ class SpeechEncoder(nn.Module):
         x = self.input_dropout(self.projection(x.flatten(start_dim=2)))
         token_lengths = (lengths + self.frames_per_token - 1) // self.frames_per_token
         padding_mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= token_lengths.unsqueeze(1)
+        # Only a chunked call passes the keyword: an encoder put in its place need not take it.
+        chunks = {} if dynchunktrain_config is None else {"dynchunktrain_config": dynchunktrain_config}
         outputs = self.encoder(x, src_key_padding_mask=padding_mask, output_hidden_states=output_hidden_states,
-                               dynchunktrain_config=dynchunktrain_config)
+                               **chunks)
         out, hidden = outputs[0], (outputs[2] if output_hidden_states else None)
         return EncoderOutput(out, hidden, padding_mask)
 
