@@ -119,13 +119,31 @@ def check_onnx_packages() -> None:
         )
 
 
-def min_samples(program: torch.export.ExportedProgram) -> int:
-    """The shortest waveform (samples) the program accepts, from the bounds export derived."""
+def min_samples(program: torch.export.ExportedProgram, sample_rate: int) -> int:
+    """The shortest waveform (samples) the program accepts.
+
+    Export assumes every dynamic size is at least 2 (sizes 0 and 1 would be specialised), the encoder frames
+    included, and checks that on every call: the bound is found by bisection on calls with silence, which
+    the program refuses before computing anything when they are too short.
+    """
+
+    def accepted(samples: int) -> bool:
+        try:
+            with torch.no_grad():
+                run(torch.zeros(1, samples), torch.ones(1))
+        except (AssertionError, RuntimeError):  # "Guard failed: ...", or the computation itself
+            return False
+        return True
+
+    run = program.module()
     wavs = next(node for node in program.graph.nodes if node.op == "placeholder" and node.name == INPUT_NAMES[0])
     size = wavs.meta["val"].shape[1]
-    if not isinstance(size, torch.SymInt):
-        return int(size)
-    return int(program.range_constraints[size.node.expr].lower)
+    low = int(program.range_constraints[size.node.expr].lower) if isinstance(size, torch.SymInt) else int(size)
+    high = max(sample_rate, low)  # traced on one second: accepted
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if accepted(middle) else (middle + 1, high)
+    return low
 
 
 def export_info(encoder: SpeechEncoder, format: str, output: str, shortest: int) -> dict:
@@ -183,13 +201,14 @@ def export_encoder(
         check_onnx_packages()
     encoder = SpeechEncoder.from_pretrained(folder)
     program = export_program(encoder, output)
+    info = export_info(encoder, format, output, min_samples(program, int(encoder.sample_rate)))
     with atomic_folder(out) as staging:
         if format == "torch":
             torch.export.save(program, staging / FORMATS[format])
         else:
             onnx_program(program).save(str(staging / FORMATS[format]))
         with atomic_writer(staging / INFO_FILE) as handle:
-            handle.write(json.dumps(export_info(encoder, format, output, min_samples(program)), indent=2) + "\n")
+            handle.write(json.dumps(info, indent=2) + "\n")
     return out
 
 

@@ -100,19 +100,25 @@ def check_export_runs(folder, out, fmt):
     assert info["format"] == fmt and info["mixer"] == "summarymixing" and info["sample_rate"] == 16000
     assert [value["name"] for value in info["inputs"]] == ["wavs", "wav_lens"]
     assert [value["name"] for value in info["outputs"]] == ["out", "lengths"]
-    assert info["frame_shift_ms"] == 40 and 0 < info["min_samples"] <= 1600
+    assert info["frame_shift_ms"] == 40 and info["min_samples"] == 640  # two 40 ms encoder frames
+    shortest = (torch.zeros(1, info["min_samples"]), torch.ones(1))
     reference = MixerEncoder.from_hparams(source=str(folder))
     wavs, lens = waveforms([0.6, 1.0], 30000, seed=2)
     expected = reference.encode_batch(wavs, lens)
     if fmt == "torch":
-        out_frames, lengths = torch.export.load(out / info["file"]).module()(wavs, lens)
+        run = torch.export.load(out / info["file"]).module()
+        out_frames, lengths = run(wavs, lens)
         torch.testing.assert_close(out_frames, expected, atol=1e-5, rtol=1e-4)
+        assert run(*shortest)[0].shape == (1, 2, 96)
+        with pytest.raises(AssertionError, match="Guard failed"):
+            run(torch.zeros(1, info["min_samples"] - 1), torch.ones(1))
     else:
         onnxruntime = pytest.importorskip("onnxruntime")
         session = onnxruntime.InferenceSession(str(out / info["file"]))
         assert session.get_outputs()[0].shape == ["batch", "frames", 96]
         out_frames, lengths = session.run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
         np.testing.assert_allclose(out_frames, expected.numpy(), atol=5e-4, rtol=1e-3)
+        assert session.run(None, {"wavs": shortest[0].numpy(), "wav_lens": shortest[1].numpy()})[0].shape == (1, 2, 96)
     assert lengths.tolist() == eager(reference.mods.encoder, wavs, lens)[1].tolist()
 
 
