@@ -22,7 +22,7 @@ def test_the_section_shows_three_routes_and_the_inference_class():
     code = "\n".join(section_blocks("python"))
     for name in ("build_mixer", "MixerConformerEncoder", "replace_encoder", "replace_attention", "MixerEncoder"):
         assert name in code
-    assert len(section_blocks("python")) == 4 and len(section_blocks("yaml")) == 1
+    assert len(section_blocks("python")) == 5 and len(section_blocks("yaml")) == 1
 
 
 def run_snippet(index):
@@ -61,6 +61,17 @@ def test_inference_snippet_runs(tmp_path, monkeypatch):
     exec(compile(section_blocks("python")[3], "README inference snippet", "exec"), namespace)
     assert namespace["layer6"].shape == namespace["last"].shape == (1, 13, 32)
     assert namespace["every"].shape == (9, 2, 51, 32)
+
+
+def test_streaming_snippet_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "summarymixing" / "encoder"
+    SpeechEncoder("summarymixing", num_layers=2, d_model=32, d_ffn=64, nhead=4).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(section_blocks("python")[4], "README streaming snippet", "exec"), namespace)
+    assert namespace["streamed"].shape == namespace["chunked"].shape == (1, 100, 256)
+    assert (namespace["streamed"] - namespace["chunked"]).abs().max() < 1e-4
+    assert namespace["rest"].shape[1] >= 1
 
 
 def test_yaml_snippet_builds():

@@ -11,6 +11,7 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from speechbrain.lobes.models.transformer.Transformer import get_lookahead_mask
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from speechbrain.nnet.attention import RelPosEncXL
+from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 
 from speechbrain_ext.data.toy import write_toy_librispeech
 from speechbrain_ext.mixers.fastformer import Fastformer
@@ -65,8 +66,8 @@ def test_encoder_takes_speechbrain_conformer_arguments():
     assert out.shape == x.shape and attentions == [None, None]
     out, attentions, hidden = encoder(x, src_key_padding_mask=padding, output_hidden_states=True)
     assert len(hidden) == 3
-    with pytest.raises(ValueError, match="dynamic chunk training"):
-        encoder(x, dynchunktrain_config=object())
+    chunked, _ = encoder(x, src_key_padding_mask=padding, dynchunktrain_config=DynChunkTrainConfig(4, 1))
+    assert chunked.shape == x.shape  # dynamic chunks: tests/test_streaming.py
     with pytest.raises(ValueError, match="src_key_padding_mask="):
         encoder(x, padding)  # the old positional padding mask: SpeechBrain's second argument is src_mask
     with pytest.raises(ValueError, match="summarymixing cannot honour this attn_mask"):
@@ -80,6 +81,24 @@ def test_causal_encoder_in_a_causal_transformer_asr(mixer):
     encoder = MixerConformerEncoder(2, D, 64, H, mixer=mixer, kernel_size=5, causal=True, mixer_kwargs=kwargs)
     asr = replace_encoder(asr, encoder).eval()
     assert_causal(lambda x: asr.encode(x, torch.ones(2)), torch.randn(2, 16, 20))
+
+
+@pytest.mark.parametrize("mixer", ["summarymixing", "fastformer", "mamba", "mhsa"])
+def test_encoder_in_chunks_in_a_transformer_asr(mixer):
+    """TransformerASR.encode(dynchunktrain_config=...) passes SpeechBrain's chunk mask and the config: no encoder
+    frame reads a later chunk."""
+    asr = transformer_asr(attention_type="RelPosMHAXL" if mixer == "mhsa" else "regularMHA")
+    kwargs = {"d_state": 4} if mixer == "mamba" else {}
+    asr = replace_encoder(asr, MixerConformerEncoder(2, D, 64, H, mixer=mixer, kernel_size=5, mixer_kwargs=kwargs))
+    config = DynChunkTrainConfig(4, None)
+    x = torch.randn(2, 16, 20)
+    with torch.no_grad():
+        reference = asr.eval().encode(x, torch.ones(2), dynchunktrain_config=config)
+        changed = x.clone()
+        changed[:, 8:] = torch.randn_like(changed[:, 8:]) * 10
+        out = asr.encode(changed, torch.ones(2), dynchunktrain_config=config)
+    torch.testing.assert_close(out[:, :8], reference[:, :8], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[:, 8:], reference[:, 8:])
 
 
 def test_encoder_causality_is_checked():

@@ -1,7 +1,7 @@
 """Streaming cost: the time of one chunk and the state an encoder carries, against the length of the stream.
 
     python -m speechbrain_ext.bench --protocol streaming [--mixers summarymixing fastformer mamba mhsa mhsa:32]
-        [--size base] [--chunk 16] [--stream-seconds 1 10 60 600] [--repeats 5] [--output DIR]
+        [--size base] [--chunk 16] [--stream-seconds 1 10 60 600] [--repeats 5] [--threads 2] [--output DIR]
 
 Each mixer's paper-size Conformer (``SpeechEncoder.paper(size, mixer).encoder``, eval mode, float32, batch 1)
 streams with ``MixerConformerEncoder.forward_streaming`` in chunks of ``--chunk`` encoder frames (40 ms each);
@@ -12,7 +12,8 @@ inputs), its values come from streaming a few real chunks first. Then one chunk 
 ``--repeats`` calls, each from the same context) and the real-time factor is that time over the chunk's
 duration. Attention with unlimited left context recomputes its whole window per chunk, as SpeechBrain's
 ``ConformerEncoderLayer.forward_streaming`` does: a point whose scores would exceed ``--max-scores-gib`` is
-recorded as not run. Results: ``results.json`` and ``results.md`` in ``--output``.
+recorded as not run. Every point runs on ``--threads`` CPU threads, set again before each one (Mamba's numba
+kernels may change torch's OpenMP pool). Results: ``results.json`` and ``results.md`` in ``--output``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def measure(variant: str, args) -> list[dict]:
                 continue
             chunk = torch.randn(1, args.chunk, width)
             start = at_length(context, frames, width)
+            torch.set_num_threads(args.threads)
             times = []
             for _ in range(args.repeats):
                 trial = copy.deepcopy(start)  # every call from the same context
@@ -118,7 +120,8 @@ def write_table(points: list[dict], path: Path, command: str, environment: dict)
     first = points[0]
     lines = [f"`{command}`", "",
              f"{first['layers']} layers, chunks of {first['chunk_frames']} frames "
-             f"({first['chunk_frames'] * 40} ms), batch 1, float32, {environment['threads']} CPU threads, "
+             f"({first['chunk_frames'] * 40} ms), batch 1, float32, {environment['threads']} threads of "
+             f"{environment['cpu']}, "
              f"torch {environment['torch']}, median of the repeats; mixer:L = left context of L chunks, else "
              "unlimited", "",
              "| mixer | " + " | ".join(f"{_length(s)}: ms/chunk (RTF), state MiB" for s in lengths) + " |",
@@ -133,6 +136,13 @@ def write_table(points: list[dict], path: Path, command: str, environment: dict)
     notes = [p for p in points if "error" in p]
     lines += [""] + [f"- {p['mixer']} at {_length(p['stream_seconds'])}: {p['error']}" for p in notes]
     path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def _length(seconds: float) -> str:
@@ -150,11 +160,14 @@ def main(argv: list[str], command: str) -> list[dict]:
     parser.add_argument("--stream-seconds", type=float, nargs="+", default=[1, 10, 60, 600])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-scores-gib", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--output", type=Path, default=Path("bench_results/streaming"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     points = [point for variant in args.mixers for point in measure(variant, args)]
-    environment = {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-                   "machine": platform.machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    environment = {"threads": args.threads, "cpu": _cpu_name(), "torch": torch.__version__,
+                   "python": platform.python_version(), "machine": platform.machine(),
+                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps(
         {"command": command, "environment": environment, "points": points}, indent=2) + "\n")
