@@ -54,7 +54,17 @@ def test_matches_the_forks_running_statistics_and_stops_at_its_epoch():
     mean, std = reference_statistics(batches, update_until_epoch=3)
     torch.testing.assert_close(norm.mean, mean)
     torch.testing.assert_close(norm.std, std)
-    assert int(norm.count) == len(batches)
+    assert int(norm.count) == 4  # the batches of epochs 1 and 2: frozen statistics are left untouched
+
+
+def test_a_frozen_normaliser_in_training_mode_changes_nothing_even_without_statistics():
+    """Downstream (MP3S's paper profile keeps the encoder in training mode) the statistics are frozen with
+    ``set_epoch(math.inf)``: no batch changes them or their count, not even the first one of a fresh model."""
+    norm = GlobalNormalization(5).train()
+    norm.set_epoch(math.inf)
+    state = {name: value.clone() for name, value in norm.state_dict().items()}
+    norm(torch.randn(2, 30, 5) * 3 + 1, torch.tensor([1.0, 0.5]))
+    assert all(torch.equal(norm.state_dict()[name], value) for name, value in state.items())
 
 
 def test_no_update_in_eval_mode():

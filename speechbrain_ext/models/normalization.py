@@ -59,7 +59,7 @@ class GlobalNormalization(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Normalised ``x`` (B, T, F); ``lengths`` (B,) relative (SpeechBrain's ``wav_lens``)."""
-        if self.training:
+        if self.training and self.epoch < self.update_until_epoch:  # frozen statistics are left untouched
             with torch.no_grad():
                 self._update(x, lengths)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -80,7 +80,7 @@ class GlobalNormalization(nn.Module):
         if int(self.count) == 0:
             self.mean.copy_(batch_mean)
             self.std.copy_(batch_std)
-        elif self.epoch < self.update_until_epoch:
+        else:
             weight = 1.0 / (int(self.count) + 1)
             self.mean.mul_(1 - weight).add_(weight * batch_mean)
             self.std.mul_(1 - weight).add_(weight * batch_std)
