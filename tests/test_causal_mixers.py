@@ -102,8 +102,12 @@ def test_other_masks_are_refused_with_what_is_supported(name):
     chunks = torch.ones(T, T, dtype=torch.bool)
     for start in range(0, T, 8):  # dynamic-chunk style: full context inside chunks of 8
         chunks[start:start + 8, : start + 8] = False
-    with pytest.raises(ValueError, match="neither empty nor causal.*supports"):
+    # SpeechBrain's chunk mask is read as its DynChunkTrainConfig (tests/test_streaming.py), which these refuse
+    with pytest.raises(ValueError, match="cannot run in chunks|causal=True reads frames 0..t only"):
         mixer(x, x, x, attn_mask=chunks)
+    lookahead = torch.ones(T, T, dtype=torch.bool).triu(3)  # two frames of look-ahead
+    with pytest.raises(ValueError, match="neither empty nor causal.*supports"):
+        mixer(x, x, x, attn_mask=lookahead)
     soft = torch.randn(T, T)
     with pytest.raises(ValueError, match="finite non-zero"):
         mixer(x, x, x, attn_mask=soft)

@@ -341,3 +341,29 @@ def test_the_bench_streaming_mode_runs_on_the_cpu_and_writes_its_table(tmp_path)
         assert by[name, 1]["state_mib"] == by[name, 60]["state_mib"] and by[name, 60]["rtf"] > 0
     assert by["mhsa", 10]["state_mib"] > 5 * by["mhsa", 1]["state_mib"]
     assert "not run" in by["mhsa", 60]["error"] and "not run" in table
+
+
+@pytest.mark.parametrize("name", ["summarymixing", "fastformer", "mamba"])
+def test_speechbrains_chunk_mask_is_read_as_its_config(name):
+    """In SpeechBrain's own Conformer (replace_attention), TransformerASR.encode passes the chunk mask as
+    attn_mask: a mixer runs in those chunks, as with the configuration itself."""
+    from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+
+    from speechbrain_ext.replace import replace_attention
+
+    mixer, x = small_mixer(name), torch.randn(1, T, D)
+    config = DynChunkTrainConfig(4, 1 if name in LIMITED else None)
+    mask = make_transformer_src_mask(x, dynchunktrain_config=config)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x, x, x, attn_mask=mask)[0], mixer(x, x, x, dynchunktrain_config=config)[0])
+    asr = TransformerASR(tgt_vocab=10, input_size=20, d_model=D, nhead=H, num_encoder_layers=2, num_decoder_layers=1,
+                         d_ffn=64, kernel_size=5, encoder_module="conformer", attention_type="RelPosMHAXL",
+                         normalize_before=True, causal=False, dropout=0.0)
+    asr = replace_attention(asr, name, mixer_kwargs=SMALL_MIXER_KWARGS[name]).eval()
+    feats = torch.randn(1, 16, 20)
+    with torch.no_grad():
+        reference = asr.encode(feats, torch.ones(1), dynchunktrain_config=config)
+        changed = feats.clone()
+        changed[:, 8:] = torch.randn_like(changed[:, 8:]) * 10
+        out = asr.encode(changed, torch.ones(1), dynchunktrain_config=config)
+    torch.testing.assert_close(out[:, :8], reference[:, :8], atol=1e-5, rtol=0)

@@ -212,6 +212,16 @@ class SequenceMixer:
     honours_attn_mask = False
     dynchunk_left_contexts: tuple[str, ...] = ()
 
+    def chunks_of_call(self, config, attn_mask: Optional[torch.Tensor], length: int) -> tuple:
+        """``(dynchunktrain_config, attn_mask)`` of one call: an ``attn_mask`` that is SpeechBrain's chunk mask
+        (what ``TransformerASR.encode`` passes with a ``dynchunktrain_config``) becomes its configuration, so that
+        a mixer in SpeechBrain's own Conformer runs in chunks as in ``MixerConformerEncoder``."""
+        if config is None and attn_mask is not None and not self.honours_attn_mask:
+            found = chunk_config_of_mask(attn_mask, length)
+            if found is not None:
+                return found, None
+        return config, attn_mask
+
     def check_chunks(self, config, attn_mask: Optional[torch.Tensor]) -> None:
         """Raises a ValueError naming the mixer for a ``DynChunkTrainConfig`` it cannot honour, or one given
         beside an ``attn_mask`` or to a causal instance (chunks and causality are two streaming forms)."""
@@ -273,6 +283,47 @@ def check_chunk_config(owner: str, config, supported: tuple[str, ...]) -> None:
         raise ValueError(f"{what}: it has no chunked form; chunked mixers: {', '.join(capable)}")
     raise ValueError(f"{what}: it honours only {' and '.join(supported)} left context "
                      "(left_context_size=None is unlimited)")
+
+
+def chunk_config_of_mask(attn_mask: torch.Tensor, length: int):
+    """The ``DynChunkTrainConfig`` whose chunk mask (SpeechBrain's ``make_transformer_src_mask``) ``attn_mask`` is,
+    or None: for any other mask, and for the causal one (chunks of one frame, all the past), which the mixers
+    honour as causal.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
+    >>> from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+    >>> mask = make_transformer_src_mask(torch.zeros(1, 10, 1), dynchunktrain_config=DynChunkTrainConfig(3, 1))
+    >>> chunk_config_of_mask(mask, 10)
+    DynChunkTrainConfig(chunk_size=3, left_context_size=1)
+    """
+    from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
+    from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+
+    if attn_mask.shape[-2:] != (length, length):
+        return None
+    if attn_mask.dtype == torch.bool:
+        blocked = attn_mask
+    elif bool(((attn_mask == 0) | torch.isneginf(attn_mask)).all()):
+        blocked = torch.isneginf(attn_mask)
+    else:
+        return None
+    blocked = blocked.reshape(-1, length, length)
+    if not bool((blocked == blocked[0]).all()):
+        return None
+    blocked = blocked[0]
+    future = blocked[0].nonzero()
+    if len(future) == 0 or int(future[0]) == 0:
+        return None
+    chunk_size = int(future[0])  # frame 0 reads its chunk, frames 0 .. chunk_size - 1
+    first_read = int((~blocked[-1]).nonzero()[0]) if bool((~blocked[-1]).any()) else 0
+    left = None if first_read == 0 else (length - 1) // chunk_size - first_read // chunk_size
+    if chunk_size == 1 and left is None:
+        return None  # the causal mask
+    config = DynChunkTrainConfig(chunk_size, left)
+    expected = make_transformer_src_mask(attn_mask.new_empty(1, length, 1), dynchunktrain_config=config)
+    return config if torch.equal(blocked, expected) else None
 
 
 def chunk_sums(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

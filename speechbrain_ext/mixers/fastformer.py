@@ -136,7 +136,7 @@ class Fastformer(nn.Module, SequenceMixer):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None or causal (see ``causal``); ``dynchunktrain_config`` mixes in chunks.
         """
-        chunks = dynchunktrain_config
+        chunks, attn_mask = self.chunks_of_call(dynchunktrain_config, attn_mask, query.shape[1])
         if chunks is not None:
             self.check_chunks(chunks, attn_mask)
             key_padding_mask, causal = check_padding_mask(key_padding_mask, query), False

@@ -96,6 +96,7 @@ class HyperMixing(nn.Module, SequenceMixer):
         MLP's hidden units sum over every frame, and its weights are made from absolute positions, so it has no
         causal or chunked form). ``pos_embs`` is (1, T, E) from ``absolute_sinusoids``; computed here when None.
         """
+        dynchunktrain_config, attn_mask = self.chunks_of_call(dynchunktrain_config, attn_mask, query.shape[1])
         if dynchunktrain_config is not None:
             self.check_chunks(dynchunktrain_config, attn_mask)
         key_padding_mask, _ = self.check_call(query, attn_mask, key_padding_mask)

@@ -341,6 +341,7 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None, or causal when built with ``causal=True``; ``dynchunktrain_config`` mixes in chunks.
         """
+        dynchunktrain_config, attn_mask = self.chunks_of_call(dynchunktrain_config, attn_mask, query.shape[1])
         if dynchunktrain_config is not None:
             self.check_chunks(dynchunktrain_config, attn_mask)
             key_padding_mask = check_padding_mask(key_padding_mask, query)

@@ -214,6 +214,7 @@ class SummaryMixing(nn.Module, SequenceMixer):
         ``key``, ``value`` and ``pos_embs`` are ignored (self-mixing only); ``attn_mask`` may be
         None or causal (see ``causal``); ``dynchunktrain_config`` mixes in chunks.
         """
+        dynchunktrain_config, attn_mask = self.chunks_of_call(dynchunktrain_config, attn_mask, query.shape[1])
         if dynchunktrain_config is not None:
             self.check_chunks(dynchunktrain_config, attn_mask)
             key_padding_mask = check_padding_mask(key_padding_mask, query)
