@@ -54,9 +54,11 @@ class Fastformer(nn.Module, SequenceMixer):
     causal : bool
         Cumulative pooling: frame t uses the global query and key pooled over frames 0..t
         (a running softmax, computed in the log domain so that no later frame changes it).
-        A SpeechBrain causal ``attn_mask`` turns this on for one call; any other mask raises.
+        A SpeechBrain causal ``attn_mask`` turns this on for one call; a chunk mask runs in its chunks (below);
+        any other mask raises.
 
-    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig`` with unlimited left context),
+    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig`` with unlimited left context, or
+    its chunk mask as ``attn_mask``),
     both poolings of frame t run over the valid frames of its chunk and of every earlier chunk, each frame's
     key read with the global query of its own chunk (as ``causal`` reads it with its own frame's).
     :meth:`forward_streaming` computes the same chunk by chunk from running log-domain sums, at a cost per

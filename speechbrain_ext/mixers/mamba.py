@@ -275,10 +275,11 @@ class BidirectionalMamba(nn.Module, SequenceMixer):
     causal : bool
         Forward direction only (no ``backward_block``; ``merge`` must be "add"): frame t reads
         frames 0..t, and a SpeechBrain causal ``attn_mask`` is accepted. A bidirectional
-        instance raises on any attn_mask that masks something.
+        instance raises on any attn_mask that masks something but SpeechBrain's chunk mask.
 
-    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig`` with unlimited left
-    context: the forward scan's state holds the whole past), the forward direction runs over the whole
+    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig`` with unlimited left context, or
+    its chunk mask as ``attn_mask``; the forward scan's state holds the whole past), the forward direction runs
+    over the whole
     sequence and the backward direction within each chunk, from the chunk's last valid frame.
     :meth:`forward_streaming` carries the forward direction's state (scan and convolution) from chunk to
     chunk, at a cost per chunk that does not grow with the stream.

@@ -125,9 +125,10 @@ class SummaryMixing(nn.Module, SequenceMixer):
     causal : bool
         Frame t reads the running mean of s over the valid frames 0..t instead of the whole
         utterance (streaming). A SpeechBrain causal ``attn_mask`` (``get_lookahead_mask``) turns
-        this on for one call; any other mask raises.
+        this on for one call; a chunk mask runs in its chunks (below); any other mask raises.
 
-    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig``), frame t reads the mean
+    In chunks (``dynchunktrain_config=``, SpeechBrain's ``DynChunkTrainConfig``, or its chunk mask as
+    ``attn_mask``), frame t reads the mean
     of s over the valid frames of its chunk and of the allowed earlier chunks (all of them with
     ``left_context_size=None``); :meth:`forward_streaming` computes the same chunk by chunk from running
     sums and counts, at a cost per chunk that does not grow with the stream.
