@@ -253,6 +253,10 @@ def test_a_speech_encoder_streams_audio_in_pieces_of_any_size(name):
             start += size
         outs.append(encoder.forward_streaming(wav[:, start:], context, final=True))
     torch.testing.assert_close(torch.cat(outs, dim=1), reference, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="has ended"):
+        encoder.forward_streaming(wav[:, :10], context)
+    with pytest.raises(ValueError, match="eval mode"):
+        encoder.train().forward_streaming(wav[:, :10], encoder.make_streaming_context(config))
 
 
 def test_speechbrains_sampler_drives_the_chunks():

@@ -62,6 +62,8 @@ def forward_streaming(
     of a stream (S may be 0); ``final`` ends the stream and returns every frame left."""
     if context.ended:
         raise ValueError("SpeechEncoder.forward_streaming: this stream has ended; make another context")
+    if speech_encoder.training:  # dropout, and normalisation statistics that would move with the stream
+        raise ValueError("SpeechEncoder.forward_streaming runs in eval mode: call .eval() first")
     context.ended = final
     stft = context.fbank.compute_STFT
     hop, half = stft.hop_length, stft.n_fft // 2
