@@ -82,7 +82,9 @@ def export_program(encoder: SpeechEncoder, output: str = "last") -> torch.export
     # Dim.DYNAMIC lets export derive the bounds itself: the frame count of a length is a derived size.
     dynamic = ({0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}, {0: torch.export.Dim.DYNAMIC})
     with torch.no_grad():
-        return torch.export.export(module, example, dynamic_shapes=dynamic)
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
+    # The inference IR: the training IR keeps autocast regions as calls that torch.export.save cannot write.
+    return program.run_decompositions({})
 
 
 def shapes(output: str = "last") -> dict[str, list[str]]:
