@@ -90,7 +90,8 @@ class CTCFineTuneBrain(ResilientBrain):
         if self.layer_weights() is not None:
             head_params += list(self.layer_weights().parameters())
         self.model_optimizer = self.hparams.model_opt_class(head_params)
-        groups = encoder_parameter_groups(self.modules.encoder, self.hparams.layerwise_lr_decay)
+        encoder = getattr(self.modules.encoder, "module", self.modules.encoder)  # DDP wraps it
+        groups = encoder_parameter_groups(encoder, self.hparams.layerwise_lr_decay)
         self.encoder_optimizer = self.hparams.encoder_opt_class(groups)
         set_learning_rate(self.encoder_optimizer, self.hparams.lr_encoder)
         self.optimizers_dict = {"model_optimizer": self.model_optimizer, "encoder_optimizer": self.encoder_optimizer}
