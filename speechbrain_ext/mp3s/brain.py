@@ -31,6 +31,7 @@ from hyperpyyaml.core import resolve_references
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
+from torch import nn
 
 from speechbrain_ext.data.dataset import audio_dataset
 from speechbrain_ext.files import atomic_writer
@@ -215,6 +216,10 @@ class DownstreamBrain(ResilientBrain):
     A subclass sets ``error_key`` (the validation error that anneals the rates and chooses the tested
     checkpoint) and ``metrics`` (the test metrics reported, headline first), and ends its
     ``on_stage_end`` with :meth:`finish_stage`.
+
+    A training batch of one utterance (an epoch's last, or one whose other audio failed to decode) is skipped
+    with a warning when the head has batch normalisation, which cannot train on one example (the x-vector and
+    ECAPA-TDNN heads).
     """
 
     error_key = "error_rate"
@@ -222,6 +227,8 @@ class DownstreamBrain(ResilientBrain):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.head_has_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm)
+                                       for module in self.modules.head.modules())
         if self.checkpointer is not None:
             # The frozen encoder is not checkpointed, only what trains.
             self.checkpointer.add_recoverable("layer_weights", self.modules.ssl.weighted)
@@ -233,6 +240,13 @@ class DownstreamBrain(ResilientBrain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("model_optimizer", self.model_optimizer)
             self.checkpointer.add_recoverable("weights_optimizer", self.weights_optimizer)
+
+    def fit_batch(self, batch):
+        if batch is not None and self.head_has_batch_norm and len(batch.id) < 2:
+            logger.warning("training batch of one utterance (%s) skipped: the head's batch normalisation needs two",
+                           batch.id[0])
+            batch = None  # skipped as a batch whose audio failed to decode (the processes stay in step)
+        return super().fit_batch(batch)
 
     def features(self, batch):
         """The weighted layers of the batch's audio (B, T, E) and their relative lengths (B,)."""
