@@ -123,3 +123,23 @@ def corpus(pristine, tmp_path):
     root = tmp_path / pristine.name
     shutil.copytree(pristine, root)
     return root
+
+
+def kill_when(args: list[str], ready, what: str = "the point to kill it at") -> None:
+    """Runs ``args`` and kills its process group (SIGKILL, as a crash or an OOM killer would) once ``ready()``."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not ready():
+            assert process.poll() is None, f"the run ended before {what}"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -5,18 +5,16 @@ encoder, so that the whole file takes about a minute.
 """
 
 import csv
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from conftest import kill_when
 
 from speechbrain_ext.data import toy
 from speechbrain_ext.data.commonvoice import prepare_commonvoice
@@ -70,20 +68,9 @@ def checkpoints(save_folder):
 
 
 def kill_in_epoch(args, save_folder, epoch):
-    """Runs ``args`` and kills it (SIGKILL to its process group) once a mid-epoch checkpoint of ``epoch`` exists."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if any(e == epoch and intra for e, intra, _ in checkpoints(save_folder)):
-                break
-            assert process.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    """Runs ``args`` and kills it (SIGKILL) once a mid-epoch checkpoint of ``epoch`` exists."""
+    kill_when(args, lambda: any(e == epoch and intra for e, intra, _ in checkpoints(save_folder)),
+              f"a mid-epoch checkpoint of epoch {epoch}")
 
 
 def epoch_lines(train_log):

@@ -1,18 +1,15 @@
 """The LibriSpeech BEST-RQ recipe: its parts, then runs as a user runs it, on a toy corpus (slow: subprocesses)."""
 
 import importlib.util
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import write_bad_audio
+from conftest import kill_when, write_bad_audio
 
 from speechbrain_ext.data.librispeech import prepare_librispeech
 from speechbrain_ext.data.toy import write_toy_librispeech
@@ -145,20 +142,8 @@ def saved_step(save_folder):
 
 
 def kill_after_checkpoint(args, save_folder, step):
-    """Runs ``args`` and kills its process group (SIGKILL) as soon as a checkpoint of ``step`` or later exists."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if (saved_step(save_folder) or 0) >= step:
-                break
-            assert process.poll() is None, "training stopped before it could be killed"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    """Runs ``args`` and kills it (SIGKILL) as soon as a checkpoint of ``step`` or later exists."""
+    kill_when(args, lambda: (saved_step(save_folder) or 0) >= step, f"a checkpoint of step {step}")
 
 
 def epoch_lines(train_log):

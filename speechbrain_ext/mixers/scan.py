@@ -402,3 +402,46 @@ def selective_scan_ref(
         state = decay * state + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
         outputs.append((state * C[:, None, :, t]).sum(-1))
     return _finish(torch.stack(outputs, dim=-1), u, D, z)
+
+
+def selective_scan_stateful(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`selective_scan` (same arguments) of a stretch of a longer sequence, from the state the stretch before
+    it ended with (``state`` (B, D, N), zeros when None): returns y (B, D, L) and the state after the stretch,
+    in float32 (float64 for float64 ``u``). For streaming, where a stretch is a few frames: one step at a time.
+
+    Example
+    -------
+    >>> u, delta, B, C = torch.randn(1, 4, 9), torch.rand(1, 4, 9), torch.randn(1, 2, 9), torch.randn(1, 2, 9)
+    >>> A = -torch.rand(4, 2)
+    >>> y1, h = selective_scan_stateful(u[..., :5], delta[..., :5], A, B[..., :5], C[..., :5])
+    >>> y2, _ = selective_scan_stateful(u[..., 5:], delta[..., 5:], A, B[..., 5:], C[..., 5:], state=h)
+    >>> torch.allclose(torch.cat([y1, y2], -1), selective_scan(u, delta, A, B, C), atol=1e-5)
+    True
+    """
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype).unsqueeze(-1)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decays = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (B, D, L, N)
+    drives = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (B, D, L, N)
+    if state is None:
+        state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    outputs = []
+    for t in range(u.shape[2]):
+        state = decays[:, :, t] * state + drives[:, :, t]
+        outputs.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    y = torch.stack(outputs, dim=-1)
+    return _finish(y, u, None if D is None else D.to(dtype), None if z is None else z.to(dtype)), state
