@@ -4,6 +4,8 @@ import csv
 import json
 import math
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,8 +140,10 @@ def test_folds_option():
 def test_set_overrides_one_key_of_one_task(tmp_path, monkeypatch):
     calls = {}
 
-    def fake_run_suite(encoders, data, output, extra, quick=False, task_overrides=None, folds=(), profile="paper"):
-        calls.update(data=data, extra=extra, task_overrides=task_overrides, folds=folds, profile=profile)
+    def fake_run_suite(encoders, data, output, extra, quick=False, task_overrides=None, folds=(), profile="paper",
+                       finetune=False):
+        calls.update(data=data, extra=extra, task_overrides=task_overrides, folds=folds, profile=profile,
+                     finetune=finetune)
         (output / "results_wide.md").parent.mkdir(parents=True, exist_ok=True)
         (output / "results_wide.md").write_text("")
         return []
@@ -158,7 +162,8 @@ def test_set_overrides_one_key_of_one_task(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--set", "SLURP.lr"], "--set expects TASK.KEY=VALUE"),
-    (["--set", "Slurp.lr=0.5"], "no task 'Slurp'; the tasks are CommonVoice, IEMOCAP, LibriSpeech, SLURP, VoxCeleb1"),
+    (["--set", "Slurp.lr=0.5"], "no task 'Slurp'; the tasks are CTC, CommonVoice, IEMOCAP, LibriSpeech, SLURP, "
+                                "VoxCeleb1"),
     (["--set", "SLURP.learning_rate=0.5"], "the SLURP YAMLs have no key 'learning_rate'; they have .*lr_weights"),
     (["--epochs", "0"], "must be a positive integer"),
     (["--epochs", "-3"], "must be a positive integer"),
@@ -189,3 +194,33 @@ def test_every_recipe_of_the_suite_is_a_task_folder_with_its_head_yaml():
         heads[path.parent.parent.name].append(path.stem)
     assert sorted((task, head) for task, names in heads.items() for head in names) == sorted(
         (recipe.task, recipe.head) for recipe in suite.RECIPES)
+
+
+def test_finetuning_runs_the_ctc_recipe_of_each_encoders_mixer_and_joins_the_tables(tmp_path, monkeypatch):
+    encoder = SpeechEncoder("mamba", num_layers=1, d_model=24, d_ffn=32, nhead=1).save_pretrained(tmp_path / "e")
+    commands = []
+
+    def fake_subprocess_run(command, capture_output, text):
+        commands.append(command)
+        output = Path(next(arg for arg in command if arg.startswith("--output_folder=")).split("=", 1)[1])
+        output.mkdir(parents=True)
+        (output / "results.json").write_text(json.dumps([
+            {"task": "LibriSpeech ASR", "head": "CTC fine-tuned", "test_set": test_set, "decoding": decoding,
+             "metric": "WER", "value": value, "encoder": str(encoder), "mixer": "mamba"}
+            for test_set, decoding, value in (("test-clean", "greedy", 9.0), ("test-clean", "beam_lm", 7.0),
+                                              ("test-other", "greedy", 20.0))]))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(suite, "run_recipe", lambda *args, **kwargs: [])  # the MP3S heads: not this test
+    monkeypatch.setattr(suite.subprocess, "run", fake_subprocess_run)
+    rows = suite.run_suite([encoder], {"LibriSpeech": [("", "/ls")]}, tmp_path / "out", [], finetune=True,
+                           task_overrides=suite.task_overrides_from(["CTC.kenlm_model_path=/lm/4-gram.arpa"]))
+    (command,) = commands
+    recipe = suite.FINETUNING_DIR
+    assert command[1:3] == [str(recipe / "train.py"), str(recipe / "hparams" / "mamba.yaml")]
+    assert {"--d_model=24", f"--encoder_folder={encoder}", "--data_folder=/ls",
+            "--kenlm_model_path=/lm/4-gram.arpa"} <= set(command)
+    assert {(row["test_set"], row["metric"], row["value"]) for row in rows} == {
+        ("test-clean", "WER", 9.0), ("test-clean", "WER_beam_lm", 7.0), ("test-other", "WER", 20.0)}
+    wide = (tmp_path / "out" / "results_wide.md").read_text()
+    assert "LibriSpeech CTC fine-tuning CTC WER_beam_lm (test-clean)" in wide and "| 7.0000 |" in wide

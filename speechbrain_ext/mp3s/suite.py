@@ -3,7 +3,7 @@
     python -m speechbrain_ext.mp3s.suite --encoder results/BEST-RQ/<run>/encoder [--encoder ...] \\
         --librispeech /data/LibriSpeech --commonvoice cy=/data/cv/cy --commonvoice eu=/data/cv/eu \\
         --voxceleb1 /data/VoxCeleb1 --iemocap /data/IEMOCAP --slurp /data/SLURP --output mp3s_results \\
-        [--profile paper|mp3s]
+        [--profile paper|mp3s] [--finetune]
 
 Every recipe under recipes/MP3S (``<Task>/train.py`` with each of its heads' YAMLs: ``<Task>/hparams/<head>.yaml``
 for the ``paper`` profile, the default, ``<Task>/hparams/mp3s/<head>.yaml`` for ``mp3s``) runs as a user runs
@@ -21,6 +21,11 @@ written:
 - ``layer_weights/``: the learned weight of each encoder layer, one small plot per task, head and
   encoder (IEMOCAP: mean over folds), with their values in ``layer_weights.json``;
 - with several encoders, ``results.png``: one bar per encoder for each task and head.
+
+With ``--finetune`` (and ``--librispeech``), each encoder is also fine-tuned with CTC by
+recipes/LibriSpeech/CTC (its YAML for the encoder's mixer, at the encoder's width); its test-clean and
+test-other WER and CER join the tables as the task "LibriSpeech CTC fine-tuning", greedy (``WER``) and with
+the n-gram given to it by ``--set CTC.kenlm_model_path=...`` (``WER_beam_lm``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from speechbrain_ext.mp3s.brain import LAYER_WEIGHTS_FILE, PROFILES, RESULTS_FIL
 from speechbrain_ext.paths import pyplot, recipes_dir
 
 RECIPES_DIR = recipes_dir("MP3S")
+FINETUNING_DIR = recipes_dir("LibriSpeech", "CTC")
+FINETUNING_TASK = "LibriSpeech CTC fine-tuning"
 COLUMNS = ("task", "head", "profile", "test_set", "metric", "value", "epochs", "encoder", "mixer", "fold", "status",
            "error")
 IEMOCAP_FOLDS = tuple(range(1, 11))
@@ -120,6 +127,44 @@ def run_recipe(recipe: Recipe, encoder: Path, data_folder: str, output: Path, ex
         raise RecipeFailed(f"{recipe.task}/{recipe.head} failed for {encoder} (exit {completed.returncode}); "
                            f"see {output.name}.log:\n{summary}", summary)
     return json.loads((output / RESULTS_FILE).read_text())
+
+
+def finetuning_rows(rows: list[dict]) -> list[dict]:
+    """The CTC recipe's ``results.json`` rows as result rows: the metric named by its decoding (greedy: ``WER``;
+    ``beam``: ``WER_beam``; ``beam_lm``: ``WER_beam_lm``).
+
+    Example
+    -------
+    >>> finetuning_rows([{"test_set": "test-clean", "decoding": "beam_lm", "metric": "WER", "value": 3.1,
+    ...                   "encoder": "e", "mixer": "mamba"}])[0]["metric"]
+    'WER_beam_lm'
+    """
+    return [{"task": FINETUNING_TASK, "head": "CTC", "profile": "paper", "test_set": row["test_set"],
+             "metric": row["metric"] if row["decoding"] == "greedy" else f"{row['metric']}_{row['decoding']}",
+             "value": row["value"], "epochs": "", "encoder": row["encoder"], "mixer": row["mixer"], "fold": None}
+            for row in rows]
+
+
+def run_finetuning(encoder: Path, data_folder: str, output: Path, extra: list[str]) -> list[dict]:
+    """Fine-tunes ``encoder`` with recipes/LibriSpeech/CTC (the YAML of its mixer, at its width); its result rows."""
+    from speechbrain_ext.models.speech_encoder import SpeechEncoder
+
+    config = SpeechEncoder.read_config(encoder)
+    hparams = FINETUNING_DIR / "hparams" / f"{config['mixer']}.yaml"
+    if not hparams.is_file():
+        raise RecipeFailed(f"no fine-tuning YAML for mixer {config['mixer']!r}", f"{hparams} does not exist")
+    command = [sys.executable, str(FINETUNING_DIR / "train.py"), str(hparams), f"--encoder_folder={encoder}",
+               f"--d_model={config['d_model']}", f"--data_folder={data_folder}", f"--output_folder={output}",
+               "--noprogressbar", *extra]
+    print("running:", " ".join(command), flush=True)
+    completed = subprocess.run(command, capture_output=True, text=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    (output.parent / f"{output.name}.log").write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        summary = error_summary(completed.stdout + completed.stderr)
+        raise RecipeFailed(f"CTC fine-tuning failed for {encoder} (exit {completed.returncode}); see "
+                           f"{output.name}.log:\n{summary}", summary)
+    return finetuning_rows(json.loads((output / RESULTS_FILE).read_text()))
 
 
 def _cell(row: dict, key: str) -> str:
@@ -268,7 +313,7 @@ def _failure_row(recipe: Recipe, tag: str, encoder: Path, fold, error: str, prof
 
 def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], output: Path, extra: list[str],
               quick: bool = False, task_overrides: dict[str, list[str]] | None = None,
-              folds: tuple[int, ...] = IEMOCAP_FOLDS, profile: str = "paper") -> list[dict]:
+              folds: tuple[int, ...] = IEMOCAP_FOLDS, profile: str = "paper", finetune: bool = False) -> list[dict]:
     """Every recipe with data, for every encoder (IEMOCAP for every fold), in one ``profile`` ("paper": the
     YAMLs the paper's runs used, "mp3s": upstream MP3S); writes the tables into ``output``.
 
@@ -306,6 +351,20 @@ def run_suite(encoders: list[Path], data: dict[str, list[tuple[str, str]]], outp
                                             "digest": digest})
                     write_tables(rows, output)
                     write_wide_tables(rows, output)
+        if finetune and "LibriSpeech" in data:
+            name = f"{digest[:12]}-CTC-finetuning"
+            options = [*extra, *(task_overrides or {}).get("CTC", [])]
+            try:
+                rows.extend({**row, "status": "ok", "error": ""}
+                            for row in run_finetuning(encoder, data["LibriSpeech"][0][1], output / name, options))
+            except Exception as err:  # noqa: BLE001 - recorded like a failing MP3S recipe
+                summary = err.summary if isinstance(err, RecipeFailed) else f"{type(err).__name__}: {err}"
+                print(f"FAILED {name}:\n{summary}", flush=True)
+                rows.append({"task": FINETUNING_TASK, "head": "CTC", "profile": "paper", "test_set": "",
+                             "metric": "", "value": float("nan"), "epochs": "", "encoder": str(encoder),
+                             "mixer": "", "fold": None, "status": "failed", "error": summary})
+            write_tables(rows, output)
+            write_wide_tables(rows, output)
     write_tables(rows, output)
     write_wide_tables(rows, output)
     if weights:
@@ -354,12 +413,12 @@ def task_overrides_from(items: list[str]) -> dict[str, list[str]]:
     -------
     >>> task_overrides_from(["VoxCeleb1.lr=0.002"])
     {'VoxCeleb1': ['--lr=0.002']}
-    >>> task_overrides_from(["Slurp.lr=0.5"])
+    >>> task_overrides_from(["Slurp.lr=0.5"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: --set Slurp.lr=0.5: no task 'Slurp'; the tasks are CommonVoice, IEMOCAP, LibriSpeech, SLURP, VoxCeleb1
+    ValueError: --set Slurp.lr=0.5: no task 'Slurp'; the tasks are CTC, CommonVoice, IEMOCAP, ..., VoxCeleb1
     """
-    tasks = sorted({recipe.task for recipe in RECIPES})
+    tasks = sorted({recipe.task for recipe in RECIPES} | {"CTC"})  # CTC: the fine-tuning recipe (--finetune)
     overrides: dict[str, list[str]] = {}
     for item in items:
         task, _, assignment = item.partition(".")
@@ -368,7 +427,11 @@ def task_overrides_from(items: list[str]) -> dict[str, list[str]]:
             raise ValueError(f"--set expects TASK.KEY=VALUE, got {item!r}")
         if task not in tasks:
             raise ValueError(f"--set {item}: no task {task!r}; the tasks are {', '.join(tasks)}")
-        keys = set().union(*(recipe.keys() for recipe in RECIPES if recipe.task == task))
+        if task == "CTC":
+            keys = {key for path in (FINETUNING_DIR / "hparams").glob("*.yaml")
+                    for key in re.findall(r"^(\w+):", path.read_text(encoding="utf-8"), flags=re.M)}
+        else:
+            keys = set().union(*(recipe.keys() for recipe in RECIPES if recipe.task == task))
         if key not in keys:
             raise ValueError(f"--set {item}: the {task} YAMLs have no key {key!r}; they have "
                              f"{', '.join(sorted(k for k in keys if not k.startswith('_')))}")
@@ -393,6 +456,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="IEMOCAP leave-one-speaker-out folds to run, e.g. 1,2,3 or 1-10 (default: all 10)")
     parser.add_argument("--epochs", type=_positive_int, help="override number_of_epochs of every recipe")
     parser.add_argument("--quick", action="store_true", help="small heads, for toy data and smoke tests")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune each encoder with CTC on --librispeech (recipes/LibriSpeech/CTC)")
     parser.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
                         help="override one YAML key of a task's recipes, e.g. VoxCeleb1.lr=0.002")
     args = parser.parse_args(argv)
@@ -408,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give at least one data folder (--librispeech, --commonvoice, --voxceleb1, --iemocap, --slurp)")
     extra = [f"--number_of_epochs={args.epochs}"] if args.epochs is not None else []
     rows = run_suite(args.encoder, data, args.output, extra, quick=args.quick, task_overrides=task_overrides,
-                     folds=args.folds, profile=args.profile)
+                     folds=args.folds, profile=args.profile, finetune=args.finetune)
     print((args.output / "results_wide.md").read_text())
     failed = [row for row in rows if row["status"] != "ok"]
     print(f"{len(rows)} results in {args.output}" + (f", {len(failed)} failed runs (see results.md)" if failed else ""))
