@@ -1,4 +1,5 @@
-"""The README's snippets of "In another SpeechBrain project" run as written, and its layout is the tree."""
+"""The README's snippets of "In another SpeechBrain project" (and the streaming one of
+docs/streaming_and_export.md) run as written, and its layout is the tree."""
 
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain_ext.models.speech_encoder import SpeechEncoder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+STREAMING_DOC = README.parent / "docs" / "streaming_and_export.md"
 
 
 def section_blocks(language):
@@ -22,7 +24,7 @@ def test_the_section_shows_three_routes_and_the_inference_class():
     code = "\n".join(section_blocks("python"))
     for name in ("build_mixer", "MixerConformerEncoder", "replace_encoder", "replace_attention", "MixerEncoder"):
         assert name in code
-    assert len(section_blocks("python")) == 5 and len(section_blocks("yaml")) == 1
+    assert len(section_blocks("python")) == 4 and len(section_blocks("yaml")) == 1
 
 
 def run_snippet(index):
@@ -68,7 +70,8 @@ def test_streaming_snippet_runs(tmp_path, monkeypatch):
     SpeechEncoder("summarymixing", num_layers=2, d_model=32, d_ffn=64, nhead=4).save_pretrained(folder)
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(section_blocks("python")[4], "README streaming snippet", "exec"), namespace)
+    (snippet,) = re.findall(r"```python\n(.*?)```", STREAMING_DOC.read_text(), flags=re.S)
+    exec(compile(snippet, "docs/streaming_and_export.md snippet", "exec"), namespace)
     assert namespace["streamed"].shape == namespace["chunked"].shape == (1, 100, 256)
     assert (namespace["streamed"] - namespace["chunked"]).abs().max() < 1e-4
     assert namespace["rest"].shape[1] >= 1
