@@ -431,10 +431,7 @@ def selective_scan_stateful(
     """
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype).unsqueeze(-1)
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = _discretize(delta, None if delta_bias is None else delta_bias.to(dtype), delta_softplus)
     decays = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (B, D, L, N)
     drives = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (B, D, L, N)
     if state is None:
